@@ -1,0 +1,78 @@
+"""Graph mechanics: automatic splits, backward planning, parameter sharing, lr policies."""
+import numpy as np
+import pytest
+
+from wincaffe.config import validate_net
+from wincaffe.layer import TEST, TRAIN
+from wincaffe.lr_policy import learning_rate
+from wincaffe.net import Net
+from wincaffe.schema import Params
+
+
+def two_headed_net():
+    # 'h' is read by two InnerProducts: the net must sum both gradients
+    return validate_net({"name": "two", "layer": [
+        {"name": "x", "type": "Input", "top": "x", "input_param": {"shape": [3, 4], "fill": "gaussian"}},
+        {"name": "h", "type": "InnerProduct", "bottom": "x", "top": "h",
+         "inner_product_param": {"num_output": 5, "weight_filler": {"type": "gaussian"}}},
+        {"name": "a", "type": "InnerProduct", "bottom": "h", "top": "a", "inner_product_param": {"num_output": 2}},
+        {"name": "b", "type": "InnerProduct", "bottom": "h", "top": "b", "inner_product_param": {"num_output": 2}},
+        {"name": "la", "type": "Input", "top": "la", "input_param": {"shape": [3]}},
+        {"name": "lossa", "type": "SoftmaxWithLoss", "bottom": ["a", "la"], "top": "lossa"},
+        {"name": "lossb", "type": "SoftmaxWithLoss", "bottom": ["b", "la"], "top": "lossb",
+         "loss_weight": 0.5},
+    ]})
+
+
+def test_split_sums_gradients():
+    net = Net(two_headed_net(), TRAIN, dtype=np.float64)
+    assert any(l.type_name == "Split" for l in net.layers)
+    net.forward_backward()
+    h = net.layer_by_name("h").params[0]
+    analytic = h.diff.copy()
+    eps = 1e-6
+    for idx in [(0, 0), (2, 3), (4, 1)]:
+        old = h.data[idx]
+        h.data[idx] = old + eps
+        lp = net.forward()
+        h.data[idx] = old - eps
+        lm = net.forward()
+        h.data[idx] = old
+        assert np.isclose(analytic[idx], (lp - lm) / (2 * eps), rtol=1e-5, atol=1e-8)
+
+
+def test_backward_skips_data_gradients():
+    net = Net(two_headed_net(), TRAIN)
+    i = [l.name for l in net.layers].index("h")
+    assert net.layer_needs_backward[i] and net.propagate_down[i] == [False]
+    assert not net.layer_needs_backward[0]
+
+
+def test_test_net_shares_params():
+    train = Net(two_headed_net(), TRAIN)
+    test = Net(two_headed_net(), TEST, share_from=train)
+    assert test.layer_by_name("h").params[0] is train.layer_by_name("h").params[0]
+
+
+def test_outputs_and_loss_weights():
+    net = Net(two_headed_net(), TRAIN, dtype=np.float64)
+    loss = net.forward()
+    out = net.output_values()
+    assert set(out) == {"lossa", "lossb"}
+    assert np.isclose(loss, out["lossa"] + 0.5 * out["lossb"])
+
+
+@pytest.mark.parametrize("policy,extra,it,expected", [
+    ("fixed", {}, 50, 0.1),
+    ("step", {"gamma": 0.5, "stepsize": 10}, 25, 0.1 * 0.25),
+    ("multistep", {"gamma": 0.1, "stepvalue": [10, 20]}, 20, 0.1 * 0.01),
+    ("exp", {"gamma": 0.9}, 3, 0.1 * 0.9 ** 3),
+    ("inv", {"gamma": 1e-4, "power": 0.75}, 1000, 0.1 * (1 + 0.1) ** -0.75),
+    ("poly", {"power": 2.0}, 50, 0.1 * 0.25),
+    ("sigmoid", {"gamma": 0.1, "stepsize": 50}, 50, 0.05),
+])
+def test_lr_policies(policy, extra, it, expected):
+    spec = Params(base_lr=0.1, lr_policy=policy, max_iter=100, gamma=None, power=None, stepsize=None,
+                  stepvalue=None)
+    spec.update(extra)
+    assert np.isclose(learning_rate(spec, it), expected)

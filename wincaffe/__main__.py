@@ -1,0 +1,3 @@
+from wincaffe.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""The layer interface and the registry of layer types.
+
+A layer type is a subclass of :class:`Layer` decorated with ``@register("Type")``.
+Concrete layers live in the ``layers`` package (and in any package that
+advertises an entry point in the ``wincaffe.layers`` group); the core never
+imports one by name: :func:`layer_class` loads the plugins on first use.
+
+Life cycle, as in Caffe::
+
+    layer = LayerClass(spec, phase=..., dtype=..., rng=...)
+    layer.setup(bottoms, tops)      # check the configuration, create params
+    layer.reshape(bottoms, tops)    # size the tops (called whenever bottoms change)
+    layer.forward(bottoms, tops)    # tops[i].data from bottoms[j].data
+    layer.backward(tops, propagate_down, bottoms)
+                                    # bottoms[j].diff (where propagate_down[j])
+                                    # and param.diff from tops[i].diff
+
+``backward`` *writes* (does not accumulate) bottom and parameter diffs; the net
+takes care of blobs that feed several layers.
+"""
+import importlib
+import pkgutil
+from importlib import metadata
+
+import numpy as np
+
+from wincaffe.errors import ConfigError
+
+TRAIN, TEST = "TRAIN", "TEST"
+
+
+class Blob:
+    """A named array and its gradient, both shaped like the blob, e.g. (N, C, H, W)."""
+
+    __slots__ = ("name", "data", "diff")
+
+    def __init__(self, name, dtype=np.float32):
+        self.name = name
+        self.data = np.zeros(0, dtype)
+        self.diff = np.zeros(0, dtype)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def reshape(self, shape, dtype=None):
+        """Give data and diff this shape; keeps the buffers when nothing changes."""
+        shape = tuple(int(s) for s in shape)
+        dtype = np.dtype(dtype or self.data.dtype)
+        if self.data.shape != shape or self.data.dtype != dtype:
+            self.data = np.zeros(shape, dtype)
+        if self.diff.shape != shape or self.diff.dtype != dtype:
+            self.diff = np.zeros(shape, dtype)
+
+    def __repr__(self):
+        return f"Blob({self.name!r}, shape={self.shape})"
+
+
+class Param:
+    """A learnable parameter: ``data``, its gradient ``diff`` and an optional ``mask``.
+
+    ``mask`` (same shape, 0/1) marks pruned entries: the solver zeroes the masked
+    entries of the update and of ``data`` after every step, so pruned weights
+    stay exactly zero while the rest is retrained.
+    """
+
+    __slots__ = ("name", "data", "diff", "mask", "lr_mult", "decay_mult")
+
+    def __init__(self, name, data, lr_mult=1.0, decay_mult=1.0):
+        self.name = name
+        self.data = data
+        self.diff = np.zeros_like(data)
+        self.mask = None
+        self.lr_mult, self.decay_mult = lr_mult, decay_mult
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def set_mask(self, mask):
+        """Install a 0/1 mask (or None) and zero the pruned entries of ``data`` now."""
+        if mask is None:
+            self.mask = None
+            return
+        mask = np.asarray(mask)
+        if mask.shape != self.data.shape:
+            raise ValueError(f"param {self.name}: mask shape {mask.shape} != data shape {self.data.shape}")
+        self.mask = (mask != 0).astype(self.data.dtype)
+        self.data *= self.mask
+
+    def __repr__(self):
+        return f"Param({self.name!r}, shape={self.shape})"
+
+
+class Layer:
+    """Base class for every layer type.
+
+    Class attributes a subclass sets:
+      type_name     -- filled in by ``@register``.
+      param_blocks  -- ``{"convolution_param": Block(...)}``: the per-type blocks this
+                       type accepts (validated by :mod:`wincaffe.config`).
+      num_bottoms / num_tops -- exact count, or (min, max) with max None for any.
+      is_loss       -- the first top is a loss (default loss_weight 1).
+      has_backward  -- False for layers with no gradient (Data, Accuracy).
+
+    Instance attributes set by the base class:
+      name, spec (the validated layer mapping), phase (TRAIN/TEST), dtype, rng,
+      params (list of :class:`Param`, created in ``setup``).
+    """
+
+    type_name = None
+    param_blocks = {}
+    num_bottoms = (0, None)
+    num_tops = (0, None)
+    is_loss = False
+    has_backward = True
+
+    def __init__(self, spec, *, phase=TRAIN, dtype=np.float32, rng=None):
+        self.spec = spec
+        self.name = spec["name"]
+        self.phase = phase
+        self.dtype = np.dtype(dtype)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.params = []
+
+    # ----- helpers for subclasses -------------------------------------------------
+    def error(self, message, field=None):
+        """A ConfigError that names this layer (and the field, when given)."""
+        return ConfigError(message, layer=self.name, layer_type=self.type_name, field=field)
+
+    def add_param(self, suffix, data, index=None):
+        """Create a Param with this layer's lr_mult/decay_mult for its index."""
+        index = len(self.params) if index is None else index
+        mults = self.spec.get("param") or []
+        m = mults[index] if index < len(mults) else {}
+        p = Param(f"{self.name}/{suffix}", np.ascontiguousarray(data, dtype=self.dtype),
+                  lr_mult=m.get("lr_mult", 1.0), decay_mult=m.get("decay_mult", 1.0))
+        self.params.append(p)
+        return p
+
+    def block(self, key):
+        """The validated per-type parameter block, e.g. ``self.block("convolution_param")``."""
+        return self.spec[key]
+
+    # ----- the interface ----------------------------------------------------------
+    def setup(self, bottoms, tops):
+        """Check the configuration against the bottom shapes and create params."""
+
+    def reshape(self, bottoms, tops):
+        """Size the tops from the bottoms."""
+        raise NotImplementedError(f"{type(self).__name__}.reshape")
+
+    def forward(self, bottoms, tops):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, tops, propagate_down, bottoms):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    # ----- optional: non-parameter state kept in snapshots (data cursors ...) -----
+    def get_state(self):
+        """Arrays to keep in a solver snapshot so a resumed run is bit-identical."""
+        return {}
+
+    def set_state(self, state):
+        """Restore what :meth:`get_state` returned."""
+
+
+# ----- registry -------------------------------------------------------------------
+_REGISTRY = {}
+_PLUGINS_LOADED = False
+
+
+def register(type_name):
+    """Class decorator: make ``type_name`` (as written in net files) build this class."""
+
+    def deco(cls):
+        if not issubclass(cls, Layer):
+            raise TypeError(f"@register({type_name!r}): {cls.__name__} is not a Layer")
+        existing = _REGISTRY.get(type_name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise TypeError(f"layer type {type_name!r} registered twice "
+                            f"({existing.__module__}.{existing.__qualname__} and {cls.__module__}.{cls.__qualname__})")
+        cls.type_name = type_name
+        _REGISTRY[type_name] = cls
+        return cls
+
+    return deco
+
+
+def load_plugins():
+    """Import every module of each package in the ``wincaffe.layers`` entry-point
+    group (the bundled ``layers`` package always), so their ``@register`` runs."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    packages = {"layers"}
+    try:
+        for ep in metadata.entry_points(group="wincaffe.layers"):
+            packages.add(ep.value)
+    except Exception:  # a broken environment must not hide the bundled layers
+        pass
+    for pkg_name in sorted(packages):
+        pkg = importlib.import_module(pkg_name)
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            if not mod.name.startswith("_"):
+                importlib.import_module(f"{pkg_name}.{mod.name}")
+    _PLUGINS_LOADED = True
+
+
+def layer_class(type_name):
+    """The class registered for ``type_name``; raises ConfigError if unknown."""
+    load_plugins()
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ConfigError(f"unknown layer type {type_name!r} (known types: {known})", field="type") from None
+
+
+def layer_types():
+    load_plugins()
+    return dict(_REGISTRY)

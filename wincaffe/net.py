@@ -1,0 +1,267 @@
+"""The layer graph: builds layers from a validated net spec, wires blobs, runs
+forward and backward.
+
+Blobs are named as in the net file. A blob read by several layers gets an
+automatic ``Split`` (as Caffe's ``InsertSplits``) so each reader writes its own
+gradient and the split sums them.
+"""
+import time
+
+import numpy as np
+
+from wincaffe.config import layer_in_phase, load_net_spec
+from wincaffe.errors import ConfigError, WincaffeError
+from wincaffe.layer import TRAIN, Blob, Layer, layer_class
+from wincaffe.schema import Params
+
+
+class _Split(Layer):
+    """Internal: copies one bottom to several tops (sharing the array) and sums
+    the tops' gradients on the way back."""
+
+    type_name = "Split"
+
+    def reshape(self, bottoms, tops):
+        for t in tops:
+            t.reshape(bottoms[0].shape, bottoms[0].data.dtype)
+
+    def forward(self, bottoms, tops):
+        for t in tops:
+            t.data = bottoms[0].data
+
+    def backward(self, tops, propagate_down, bottoms):
+        if propagate_down[0]:
+            diff = bottoms[0].diff
+            np.copyto(diff, tops[0].diff)
+            for t in tops[1:]:
+                diff += t.diff
+
+
+def _insert_splits(specs):
+    """Rewrite bottoms/tops so that no blob version is read by two layers."""
+    # producer version of every blob name as we walk; consumers per version
+    version = {}          # blob name -> (producer index, top index)
+    consumers = {}        # (producer index, top index) -> list of (layer index, bottom index)
+    for li, s in enumerate(specs):
+        for bi, b in enumerate(s.bottom):
+            if b in version:
+                consumers.setdefault(version[b], []).append((li, bi))
+        for ti, t in enumerate(s.top):
+            version[t] = (li, ti)
+    out, rename = [], {}  # rename: (layer index, bottom index) -> new name
+    split_after = {}
+    for key, readers in consumers.items():
+        if len(readers) > 1:
+            li, ti = key
+            blob = specs[li].top[ti]
+            names = [f"{blob}_{specs[li].name}_{ti}_split_{k}" for k in range(len(readers))]
+            split_after.setdefault(li, []).append(Params(
+                name=f"{blob}_{specs[li].name}_{ti}_split", type="Split", bottom=[blob], top=names,
+                include=[], exclude=[], param=[], loss_weight=None, propagate_down=None))
+            for k, (rli, rbi) in enumerate(readers):
+                rename[(rli, rbi)] = names[k]
+    alias = {}
+    for li, s in enumerate(specs):
+        s = Params(s)
+        new_bottom = []
+        for bi, b in enumerate(s.bottom):
+            nb = rename.get((li, bi), alias.get(b, b))
+            new_bottom.append(nb)
+        new_top = []
+        for t in s.top:
+            if t in s.bottom and new_bottom[s.bottom.index(t)] != t:
+                # an in-place layer reading a split: it now writes the split blob
+                nt = new_bottom[s.bottom.index(t)]
+                alias[t] = nt
+                new_top.append(nt)
+            else:
+                alias.pop(t, None)
+                new_top.append(t)
+        s["bottom"], s["top"] = new_bottom, new_top
+        out.append(s)
+        out.extend(split_after.get(li, []))
+    return out
+
+
+class Net:
+    """A net for one phase.
+
+    ``Net("nets/lenet5.yaml", phase="TRAIN", dtype=np.float32, seed=0)``
+
+    Attributes: ``layers`` (in order), ``blobs`` (name -> Blob), ``params`` (every
+    learnable Param, in layer order), ``outputs`` (names of blobs no layer reads:
+    the loss, the accuracy ...), ``rng`` (the generator the layers draw from).
+    """
+
+    def __init__(self, source, phase=TRAIN, *, dtype=np.float32, seed=0, share_from=None):
+        self.spec = source if isinstance(source, Params) and "layer" in source else load_net_spec(source)
+        self.source = self.spec.source
+        self.name = self.spec.name
+        self.phase = phase
+        self.dtype = np.dtype(dtype)
+        self.rng = np.random.default_rng(seed)
+        specs = [s for s in self.spec.layer if layer_in_phase(s, phase)]
+        self._check_wiring(specs)
+        specs = _insert_splits(specs)
+        self.layers, self.blobs = [], {}
+        self.bottom_vecs, self.top_vecs = [], []
+        for s in specs:
+            cls = _Split if s.type == "Split" else layer_class(s.type)
+            try:
+                layer = cls(s, phase=phase, dtype=self.dtype, rng=self.rng)
+            except ConfigError as exc:
+                raise exc.located(source=self.source, layer=s.name, layer_type=s.type) from None
+            bottoms = [self.blobs[b] for b in s.bottom]
+            tops = []
+            for t in s.top:
+                if t not in self.blobs:
+                    self.blobs[t] = Blob(t, self.dtype)
+                tops.append(self.blobs[t])
+            self._setup_layer(layer, bottoms, tops)
+            self.layers.append(layer)
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+        if share_from is not None:
+            self.share_params_from(share_from)
+        self._plan_backward(specs)
+        self.params = [p for l in self.layers for p in l.params]
+
+    # ----- construction ----------------------------------------------------------
+    def _check_wiring(self, specs):
+        available = set()
+        for s in specs:
+            for b in s.bottom:
+                if b not in available:
+                    raise ConfigError(f"bottom blob '{b}' is not produced by any earlier layer in phase {self.phase}",
+                                      source=self.source, layer=s.name, layer_type=s.type, field="bottom")
+            for t in s.top:
+                if t in available and t not in s.bottom:
+                    raise ConfigError(f"top blob '{t}' is already produced by an earlier layer "
+                                      "(only in-place layers, with bottom == top, may reuse a name)",
+                                      source=self.source, layer=s.name, layer_type=s.type, field="top")
+            if len(set(s.top)) != len(s.top):
+                raise ConfigError("the same top is listed twice", source=self.source, layer=s.name,
+                                  layer_type=s.type, field="top")
+            available.update(s.top)
+
+    def _setup_layer(self, layer, bottoms, tops):
+        try:
+            layer.setup(bottoms, tops)
+            layer.reshape(bottoms, tops)
+        except ConfigError as exc:
+            raise exc.located(source=self.source, layer=layer.name, layer_type=layer.type_name) from None
+        except WincaffeError:
+            raise
+        except Exception as exc:  # a bug or an unforeseen shape problem: still name the layer
+            shapes = ", ".join(f"{b.name}{b.shape}" for b in bottoms)
+            raise ConfigError(f"setup failed with bottoms {shapes}: {type(exc).__name__}: {exc}",
+                              source=self.source, layer=layer.name, layer_type=layer.type_name) from exc
+
+    def _plan_backward(self, specs):
+        needs_grad = set()  # blob names whose gradient someone wants
+        self.layer_needs_backward = []
+        self.propagate_down = []
+        for layer, s in zip(self.layers, specs):
+            learn = any(p.lr_mult > 0 for p in layer.params)
+            from_below = [b in needs_grad for b in s.bottom]
+            if s.propagate_down is not None:
+                from_below = [f and pd for f, pd in zip(from_below, s.propagate_down + [True] * len(from_below))]
+            need = layer.has_backward and (learn or any(from_below))
+            self.layer_needs_backward.append(need)
+            self.propagate_down.append(from_below if need else [False] * len(s.bottom))
+            for t in s.top:
+                if need:
+                    needs_grad.add(t)
+                else:
+                    needs_grad.discard(t)
+        # loss weights: the default is 1 for the first top of a loss layer
+        self.loss_weights = []
+        for layer, s in zip(self.layers, specs):
+            w = list(s.loss_weight) if s.loss_weight else ([1.0] if layer.is_loss else [])
+            w += [0.0] * (len(s.top) - len(w))
+            self.loss_weights.append(w)
+        read = {b for s in specs for b in s.bottom}
+        self.outputs = [t for s in specs for t in s.top if t not in read]
+
+    def share_params_from(self, other):
+        """Make this net's params the same objects as ``other``'s, by layer name."""
+        theirs = {l.name: l for l in other.layers}
+        for layer in self.layers:
+            src = theirs.get(layer.name)
+            if src is None or not layer.params:
+                continue
+            if [p.shape for p in src.params] != [p.shape for p in layer.params]:
+                raise ConfigError("parameter shapes differ between the TRAIN and TEST nets",
+                                  source=self.source, layer=layer.name, layer_type=layer.type_name)
+            layer.params[:] = src.params
+            if hasattr(layer, "params_shared"):
+                layer.params_shared()
+        self.params = [p for l in self.layers for p in l.params]
+
+    # ----- running ------------------------------------------------------------------
+    def forward(self):
+        """Run every layer forward; returns the weighted sum of the loss tops."""
+        loss = 0.0
+        for layer, bottoms, tops, weights in zip(self.layers, self.bottom_vecs, self.top_vecs, self.loss_weights):
+            layer.reshape(bottoms, tops)
+            layer.forward(bottoms, tops)
+            for t, w in zip(tops, weights):
+                if w:
+                    loss += w * float(t.data.sum())
+        return loss
+
+    def backward(self):
+        """Backpropagate from the loss tops; fills param and blob diffs."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            if not self.layer_needs_backward[i]:
+                continue
+            for t, w in zip(self.top_vecs[i], self.loss_weights[i]):
+                if w:
+                    t.diff[...] = w
+            self.layers[i].backward(self.top_vecs[i], self.propagate_down[i], self.bottom_vecs[i])
+
+    def forward_backward(self):
+        loss = self.forward()
+        self.backward()
+        return loss
+
+    def output_values(self):
+        """{name: float or array} of the output blobs after a forward."""
+        out = {}
+        for name in self.outputs:
+            d = self.blobs[name].data
+            out[name] = float(d) if d.size == 1 else d.copy()
+        return out
+
+    def layer_by_name(self, name):
+        for l in self.layers:
+            if l.name == name:
+                return l
+        raise KeyError(name)
+
+    def named_params(self):
+        """[(key, Param)] with key ``"<layer>/<index>"``, the snapshot naming."""
+        return [(f"{l.name}/{i}", p) for l in self.layers for i, p in enumerate(l.params)]
+
+    # ----- timing (``wincaffe time``) -----------------------------------------------
+    def time_layers(self, iterations=10):
+        """Per-layer forward and backward milliseconds, averaged over ``iterations``."""
+        n = len(self.layers)
+        fwd, bwd = np.zeros(n), np.zeros(n)
+        self.forward_backward()  # warm up (allocations, plans)
+        for _ in range(iterations):
+            for i, (layer, b, t) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
+                t0 = time.perf_counter()
+                layer.reshape(b, t)
+                layer.forward(b, t)
+                fwd[i] += time.perf_counter() - t0
+            for i in range(n - 1, -1, -1):
+                if not self.layer_needs_backward[i]:
+                    continue
+                for t, w in zip(self.top_vecs[i], self.loss_weights[i]):
+                    if w:
+                        t.diff[...] = w
+                t0 = time.perf_counter()
+                self.layers[i].backward(self.top_vecs[i], self.propagate_down[i], self.bottom_vecs[i])
+                bwd[i] += time.perf_counter() - t0
+        return fwd * 1000 / iterations, bwd * 1000 / iterations
