@@ -1,0 +1,85 @@
+"""Convolution (Caffe's cross-correlation) as im2col + one GEMM over the batch.
+
+    y[n, k, i, j] = Σ_c Σ_u Σ_v W[k, c, u, v] · x_pad[n, c, i·s + u·d, j·s + v·d] + b[k]
+
+bottom (N, C, H, W) -> top (N, K, oh, ow), oh = (H + 2p − d(k−1) − 1) // s + 1.
+Weights W (K, C, k, k), bias b (K,). Workspaces are kept between calls.
+"""
+import numpy as np
+
+from wincaffe._kernels.im2col import col2im, im2col
+from wincaffe.fillers import fill
+from wincaffe.layer import Layer, register
+from wincaffe.schema import convolution_block
+
+
+def conv_output_size(size, kernel, pad, stride, dilation=1):
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@register("Convolution")
+class Convolution(Layer):
+    param_blocks = {"convolution_param": convolution_block()}
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottoms, tops):
+        p = self.block("convolution_param")
+        if p.group != 1:
+            raise self.error("groups are not supported yet (use group: 1)", field="convolution_param.group")
+        shape = bottoms[0].shape
+        if len(shape) != 4:
+            raise self.error(f"needs a 4-D bottom (N, C, H, W), got shape {shape}", field="bottom")
+        self.k, self.pad, self.stride, self.dilation = p.kernel_size, p.pad, p.stride, p.dilation
+        C = shape[1]
+        w = fill(p.weight_filler, (p.num_output, C, self.k, self.k), self.rng, self.dtype)
+        self.add_param("weight", w)
+        if p.bias_term:
+            self.add_param("bias", fill(p.bias_filler, (p.num_output,), self.rng, self.dtype))
+        self._shape = None
+
+    def reshape(self, bottoms, tops):
+        N, C, H, W = bottoms[0].shape
+        if C != self.params[0].shape[1]:
+            raise self.error(f"bottom has {C} channels but the weights expect {self.params[0].shape[1]}",
+                             field="bottom")
+        oh = conv_output_size(H, self.k, self.pad, self.stride, self.dilation)
+        ow = conv_output_size(W, self.k, self.pad, self.stride, self.dilation)
+        if oh < 1 or ow < 1:
+            raise self.error(f"kernel {self.k} with pad {self.pad} does not fit a {H}x{W} input",
+                             field="convolution_param.kernel_size")
+        K = self.params[0].shape[0]
+        tops[0].reshape((N, K, oh, ow), self.dtype)
+        if self._shape != (N, C, H, W):
+            self._shape, self.oh, self.ow = (N, C, H, W), oh, ow
+            rows, cols = C * self.k * self.k, N * oh * ow
+            self.col = np.empty((rows, cols), self.dtype)        # im2col(x)
+            self.out2d = np.empty((K, cols), self.dtype)          # W @ col, then dY as (K, N*P)
+            self.dcol = None                                      # allocated on first input gradient
+
+    def forward(self, bottoms, tops):
+        N, K = bottoms[0].shape[0], self.params[0].shape[0]
+        im2col(bottoms[0].data, self.col, self.k, self.k, self.pad, self.stride, self.dilation, self.oh, self.ow)
+        np.matmul(self.params[0].data.reshape(K, -1), self.col, out=self.out2d)
+        y = tops[0].data.reshape(N, K, -1)
+        out = self.out2d.reshape(K, N, -1).transpose(1, 0, 2)
+        if len(self.params) > 1:
+            np.add(out, self.params[1].data[None, :, None], out=y)
+        else:
+            np.copyto(y, out)
+
+    def backward(self, tops, propagate_down, bottoms):
+        N, K = bottoms[0].shape[0], self.params[0].shape[0]
+        dy = tops[0].diff.reshape(N, K, -1)
+        dy2d = self.out2d  # reuse: (K, N*P)
+        np.copyto(dy2d.reshape(K, N, -1), dy.transpose(1, 0, 2))
+        w = self.params[0]
+        np.matmul(dy2d, self.col.T, out=w.diff.reshape(K, -1))
+        if len(self.params) > 1:
+            self.params[1].diff[...] = dy.sum(axis=(0, 2))
+        if propagate_down[0]:
+            if self.dcol is None:
+                self.dcol = np.empty_like(self.col)
+            np.matmul(w.data.reshape(K, -1).T, dy2d, out=self.dcol)
+            col2im(self.dcol, bottoms[0].diff, self.k, self.k, self.pad, self.stride, self.dilation,
+                   self.oh, self.ow)

@@ -1,0 +1,59 @@
+"""InnerProduct (fully connected): y = x W^T + b.
+
+bottom (N, ...) is flattened to (N, D) from ``axis`` on; W (num_output, D), b (num_output,)."""
+import numpy as np
+
+from wincaffe.fillers import fill
+from wincaffe.layer import Layer, register
+from wincaffe.schema import Block, Field, filler_block
+
+
+@register("InnerProduct")
+class InnerProduct(Layer):
+    param_blocks = {"inner_product_param": Block(
+        num_output=Field(int, min=1),
+        bias_term=Field(bool, True),
+        weight_filler=filler_block("xavier"),
+        bias_filler=filler_block("constant"),
+        axis=Field(int, 1, min=1),
+    )}
+    num_bottoms = 1
+    num_tops = 1
+
+    def setup(self, bottoms, tops):
+        p = self.block("inner_product_param")
+        shape = bottoms[0].shape
+        if p.axis > len(shape) - 1 and len(shape) > 1:
+            raise self.error(f"axis {p.axis} is out of range for bottom shape {shape}", field="inner_product_param.axis")
+        self.axis = p.axis
+        D = int(np.prod(shape[self.axis:]))
+        self.add_param("weight", fill(p.weight_filler, (p.num_output, D), self.rng, self.dtype))
+        if p.bias_term:
+            self.add_param("bias", fill(p.bias_filler, (p.num_output,), self.rng, self.dtype))
+
+    def reshape(self, bottoms, tops):
+        shape = bottoms[0].shape
+        D = int(np.prod(shape[self.axis:]))
+        K, D_w = self.params[0].shape
+        if D != D_w:
+            raise self.error(f"bottom {shape} flattens to {D} inputs per sample but the weights take {D_w}",
+                             field="bottom")
+        tops[0].reshape(shape[:self.axis] + (K,), self.dtype)
+
+    def forward(self, bottoms, tops):
+        K, D = self.params[0].shape
+        x = bottoms[0].data.reshape(-1, D)
+        y = tops[0].data.reshape(-1, K)
+        np.matmul(x, self.params[0].data.T, out=y)
+        if len(self.params) > 1:
+            y += self.params[1].data
+
+    def backward(self, tops, propagate_down, bottoms):
+        K, D = self.params[0].shape
+        x = bottoms[0].data.reshape(-1, D)
+        dy = tops[0].diff.reshape(-1, K)
+        np.matmul(dy.T, x, out=self.params[0].diff)
+        if len(self.params) > 1:
+            np.sum(dy, axis=0, out=self.params[1].diff)
+        if propagate_down[0]:
+            np.matmul(dy, self.params[0].data, out=bottoms[0].diff.reshape(-1, D))

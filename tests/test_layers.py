@@ -1,0 +1,166 @@
+"""Forward references and finite-difference gradient checks for the standard layers."""
+import numpy as np
+import pytest
+
+from wincaffe.errors import ConfigError
+from wincaffe.testing import check_gradients, make_layer
+
+
+def conv(shape, K, k, pad=0, stride=1, dtype=np.float64, **extra):
+    p = {"num_output": K, "kernel_size": k, "pad": pad, "stride": stride,
+         "weight_filler": {"type": "gaussian", "std": 1.0},
+         "bias_filler": {"type": "gaussian", "std": 1.0}}
+    p.update(extra)
+    return make_layer("Convolution", [shape], dtype=dtype, convolution_param=p)
+
+
+@pytest.mark.parametrize("shape,K,k,pad,stride", [
+    ((2, 3, 7, 9), 4, 3, 0, 1), ((3, 1, 11, 8), 5, 5, 2, 1), ((2, 2, 9, 9), 3, 3, 1, 2),
+    ((1, 4, 6, 5), 2, 1, 0, 1), ((2, 3, 10, 7), 2, 4, 1, 3),
+])
+def test_convolution_matches_scipy(shape, K, k, pad, stride, ref_corr):
+    for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+        layer, bottoms, tops = conv(shape, K, k, pad, stride, dtype=dtype)
+        layer.forward(bottoms, tops)
+        ref = ref_corr(bottoms[0].data, layer.params[0].data, layer.params[1].data, pad, stride)
+        assert tops[0].data.shape == ref.shape
+        np.testing.assert_allclose(tops[0].data, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape,K,k,pad,stride", [((2, 3, 7, 6), 4, 3, 1, 1), ((2, 2, 9, 8), 3, 5, 2, 2)])
+def test_convolution_gradients(shape, K, k, pad, stride):
+    layer, bottoms, tops = conv(shape, K, k, pad, stride)
+    check_gradients(layer, bottoms, tops)
+
+
+def test_convolution_dilation_gradients():
+    layer, bottoms, tops = conv((1, 2, 9, 9), 2, 3, 1, 1, dilation=2)
+    assert tops[0].shape == (1, 2, 7, 7)
+    check_gradients(layer, bottoms, tops)
+
+
+def test_convolution_no_bias_and_errors():
+    layer, bottoms, tops = conv((1, 2, 5, 5), 3, 3, bias_term=False)
+    assert len(layer.params) == 1
+    check_gradients(layer, bottoms, tops)
+    with pytest.raises(ConfigError, match="kernel_size"):
+        conv((1, 2, 5, 5), 3, 7)
+    with pytest.raises(ConfigError, match="convolution_param.stride: must be >= 1"):
+        conv((1, 2, 5, 5), 3, 3, stride=0)
+    with pytest.raises(ConfigError, match="convolution_param.group"):
+        conv((1, 2, 5, 5), 2, 3, group=2)
+
+
+@pytest.mark.parametrize("pool,shape,k,s,pad", [
+    ("MAX", (2, 3, 8, 8), 2, 2, 0), ("MAX", (2, 2, 7, 9), 3, 2, 1), ("AVE", (2, 3, 8, 8), 2, 2, 0),
+    ("AVE", (1, 2, 7, 6), 3, 2, 1),
+])
+def test_pooling_gradients(pool, shape, k, s, pad):
+    layer, bottoms, tops = make_layer("Pooling", [shape],
+                                      pooling_param={"pool": pool, "kernel_size": k, "stride": s, "pad": pad})
+    check_gradients(layer, bottoms, tops)
+
+
+def test_pooling_forward_reference():
+    layer, bottoms, tops = make_layer("Pooling", [(2, 3, 8, 6)], pooling_param={"pool": "MAX", "kernel_size": 2, "stride": 2})
+    layer.forward(bottoms, tops)
+    x = bottoms[0].data
+    np.testing.assert_array_equal(tops[0].data, x.reshape(2, 3, 4, 2, 3, 2).max(axis=(3, 5)))
+    layer, bottoms, tops = make_layer("Pooling", [(2, 3, 8, 6)], pooling_param={"pool": "AVE", "kernel_size": 2, "stride": 2})
+    layer.forward(bottoms, tops)
+    np.testing.assert_allclose(tops[0].data, bottoms[0].data.reshape(2, 3, 4, 2, 3, 2).mean(axis=(3, 5)))
+
+
+def test_pooling_output_size_follows_caffe():
+    # ceil mode: 7x7 input, k=2, s=2 -> 4x4 (Caffe), not 3x3
+    layer, bottoms, tops = make_layer("Pooling", [(1, 1, 7, 7)], pooling_param={"kernel_size": 2, "stride": 2})
+    assert tops[0].shape == (1, 1, 4, 4)
+
+
+def test_inner_product_forward_and_gradients():
+    layer, bottoms, tops = make_layer("InnerProduct", [(4, 3, 2, 2)], inner_product_param={
+        "num_output": 5, "bias_filler": {"type": "gaussian"}})
+    layer.forward(bottoms, tops)
+    W, b = layer.params[0].data, layer.params[1].data
+    np.testing.assert_allclose(tops[0].data, bottoms[0].data.reshape(4, -1) @ W.T + b)
+    check_gradients(layer, bottoms, tops)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_relu_gradients(slope):
+    layer, bottoms, tops = make_layer("ReLU", [(3, 4, 5)], relu_param={"negative_slope": slope})
+    check_gradients(layer, bottoms, tops)
+
+
+def test_relu_in_place():
+    from wincaffe.layer import Blob
+    layer, bottoms, _ = make_layer("ReLU", [(2, 5)])
+    x = bottoms[0].data.copy()
+    layer.reshape(bottoms, bottoms)
+    layer.forward(bottoms, bottoms)
+    np.testing.assert_array_equal(bottoms[0].data, np.maximum(x, 0))
+    bottoms[0].diff[...] = 1.0
+    layer.backward(bottoms, [True], bottoms)
+    np.testing.assert_array_equal(bottoms[0].diff, (x > 0).astype(float))
+
+
+def test_softmax_gradients():
+    layer, bottoms, tops = make_layer("Softmax", [(4, 6)])
+    layer.forward(bottoms, tops)
+    np.testing.assert_allclose(tops[0].data.sum(axis=1), 1.0)
+    check_gradients(layer, bottoms, tops)
+
+
+def _with_labels(layer_type, scores_shape, K, seed=0, **blocks):
+    layer, bottoms, tops = make_layer(layer_type, [scores_shape, (scores_shape[0],)], **blocks)
+    bottoms[1].data[...] = np.random.default_rng(seed).integers(0, K, scores_shape[0])
+    layer.reshape(bottoms, tops)
+    return layer, bottoms, tops
+
+
+def test_softmax_with_loss_value_and_gradients():
+    layer, bottoms, tops = _with_labels("SoftmaxWithLoss", (5, 4), 4)
+    layer.forward(bottoms, tops)
+    x, y = bottoms[0].data, bottoms[1].data.astype(int)
+    logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    assert np.isclose(float(tops[0].data), -logp[np.arange(5), y].mean())
+    check_gradients(layer, bottoms, tops, check_bottoms=[0])
+
+
+def test_softmax_with_loss_ignore_label():
+    layer, bottoms, tops = _with_labels("SoftmaxWithLoss", (6, 3), 3, loss_param={"ignore_label": 1})
+    check_gradients(layer, bottoms, tops, check_bottoms=[0])
+
+
+def test_softmax_with_loss_rejects_bad_label():
+    layer, bottoms, tops = _with_labels("SoftmaxWithLoss", (3, 3), 3)
+    bottoms[1].data[0] = 7
+    with pytest.raises(ConfigError, match="outside"):
+        layer.forward(bottoms, tops)
+
+
+def test_accuracy():
+    layer, bottoms, tops = _with_labels("Accuracy", (4, 3), 3)
+    bottoms[0].data[...] = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]
+    bottoms[1].data[...] = [0, 1, 0, 2]
+    layer.forward(bottoms, tops)
+    assert float(tops[0].data) == 0.5
+    layer, bottoms, tops = _with_labels("Accuracy", (4, 3), 3, accuracy_param={"top_k": 2})
+    bottoms[0].data[...] = [[3, 2, 1], [3, 2, 1], [3, 2, 1], [3, 2, 1]]
+    bottoms[1].data[...] = [0, 1, 2, 2]
+    layer.forward(bottoms, tops)
+    assert float(tops[0].data) == 0.5
+
+
+def test_dropout_train_and_test():
+    layer, bottoms, tops = make_layer("Dropout", [(200, 50)], dropout_param={"dropout_ratio": 0.3})
+    layer.forward(bottoms, tops)
+    kept = tops[0].data != 0
+    assert 0.6 < kept.mean() < 0.8
+    np.testing.assert_allclose(tops[0].data[kept], bottoms[0].data[kept] / 0.7)
+    tops[0].diff[...] = 1.0
+    layer.backward(tops, [True], bottoms)
+    np.testing.assert_allclose(bottoms[0].diff, kept / 0.7)
+    layer, bottoms, tops = make_layer("Dropout", [(3, 4)], phase="TEST")
+    layer.forward(bottoms, tops)
+    np.testing.assert_array_equal(tops[0].data, bottoms[0].data)
