@@ -1,0 +1,90 @@
+"""Data: serves (data, label) batches from a dataset known to :mod:`wincaffe.data`.
+
+``data_param: {source: mnist, split: train|test, batch_size: 64, shuffle: true,
+num_samples: 0}`` and ``transform_param: {scale: 0.00390625}``.
+tops: data (B, C, H, W) as floats = raw bytes · scale, label (B,) as floats.
+With shuffle the order is a fresh permutation each epoch, drawn from the layer's
+own generator (seeded from the net's), and the cursor, permutation and generator
+are part of the solver snapshot so a resumed run sees the same batches.
+``num_samples`` > 0 keeps only the first that many samples (quick experiments).
+"""
+import json
+
+import numpy as np
+
+from wincaffe.layer import TRAIN, Layer, register
+from wincaffe.schema import Block, Field
+
+
+@register("Data")
+class Data(Layer):
+    param_blocks = {
+        "data_param": Block(
+            source=Field(str),
+            split=Field(str, None, choices=("train", "test")),
+            batch_size=Field(int, min=1),
+            shuffle=Field(bool, None),
+            num_samples=Field(int, 0, min=0),
+        ),
+        "transform_param": Block(scale=Field(float, 1.0), mean_value=Field(float, 0.0)),
+    }
+    num_bottoms = 0
+    num_tops = (1, 2)
+    has_backward = False
+
+    def setup(self, bottoms, tops):
+        from wincaffe.data import load  # the dataset registry (core)
+        p = self.block("data_param")
+        split = p.split or ("train" if self.phase == TRAIN else "test")
+        images, labels = load(p.source, split)
+        if p.num_samples:
+            images, labels = images[:p.num_samples], labels[:p.num_samples]
+        self.images, self.labels = images, labels
+        self.batch_size = p.batch_size
+        self.shuffle = (self.phase == TRAIN) if p.shuffle is None else p.shuffle
+        t = self.block("transform_param")
+        self.scale, self.mean = self.dtype.type(t.scale), self.dtype.type(t.mean_value)
+        self.own_rng = np.random.default_rng(self.rng.integers(2**63))
+        self.cursor = 0
+        self.order = self._new_order()
+
+    def _new_order(self):
+        n = len(self.labels)
+        return self.own_rng.permutation(n) if self.shuffle else np.arange(n)
+
+    def reshape(self, bottoms, tops):
+        shape = (self.batch_size,) + self.images.shape[1:]
+        tops[0].reshape(shape, self.dtype)
+        if len(tops) > 1:
+            tops[1].reshape((self.batch_size,), self.dtype)
+
+    def _next_indices(self):
+        out = np.empty(self.batch_size, np.int64)
+        filled = 0
+        while filled < self.batch_size:
+            take = min(self.batch_size - filled, len(self.order) - self.cursor)
+            out[filled:filled + take] = self.order[self.cursor:self.cursor + take]
+            filled += take
+            self.cursor += take
+            if self.cursor == len(self.order):
+                self.cursor = 0
+                self.order = self._new_order()
+        return out
+
+    def forward(self, bottoms, tops):
+        idx = self._next_indices()
+        x = tops[0].data
+        np.multiply(self.images[idx], self.scale, out=x, casting="unsafe")
+        if self.mean:
+            x -= self.mean * self.scale
+        if len(tops) > 1:
+            tops[1].data[...] = self.labels[idx]
+
+    def get_state(self):
+        return {"cursor": np.array(self.cursor), "order": self.order,
+                "rng": np.array(json.dumps(self.own_rng.bit_generator.state))}
+
+    def set_state(self, state):
+        self.cursor = int(state["cursor"])
+        self.order = np.asarray(state["order"], np.int64)
+        self.own_rng.bit_generator.state = json.loads(str(state["rng"]))

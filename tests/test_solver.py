@@ -1,0 +1,174 @@
+"""Solver: the update rule, masks, NaN handling, atomic snapshots and bit-exact resume."""
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+from wincaffe.data import DATASETS
+from wincaffe.errors import SnapshotError, TrainingError
+from wincaffe.snapshot import load_npz, load_weights, save_npz
+from wincaffe.solver import Solver
+
+NET = """
+name: toy
+layer:
+  - {name: data, type: Data, top: [data, label], include: {phase: TRAIN},
+     data_param: {source: toy, split: train, batch_size: 8}, transform_param: {scale: 0.0625}}
+  - {name: data, type: Data, top: [data, label], include: {phase: TEST},
+     data_param: {source: toy, split: test, batch_size: 10}, transform_param: {scale: 0.0625}}
+  - name: conv
+    type: Convolution
+    bottom: data
+    top: conv
+    param: [{lr_mult: 1}, {lr_mult: 2}]
+    convolution_param: {num_output: 4, kernel_size: 3, weight_filler: {type: xavier}}
+  - {name: pool, type: Pooling, bottom: conv, top: pool, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
+  - {name: relu, type: ReLU, bottom: pool, top: pool}
+  - {name: drop, type: Dropout, bottom: pool, top: pool, dropout_param: {dropout_ratio: 0.2}}
+  - {name: ip, type: InnerProduct, bottom: pool, top: ip, inner_product_param: {num_output: 3}}
+  - {name: acc, type: Accuracy, bottom: [ip, label], top: accuracy, include: {phase: TEST}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
+"""
+
+SOLVER = """
+net: net.yaml
+base_lr: 0.05
+momentum: 0.9
+weight_decay: 0.001
+lr_policy: inv
+gamma: 0.001
+power: 0.75
+max_iter: 40
+test_iter: 3
+test_interval: 20
+display: 10
+snapshot: 20
+snapshot_prefix: toy
+random_seed: 7
+type: {kind}
+"""
+
+
+def toy_data(split):
+    """3 classes of 1x10x10 byte images: a bright bar in one of three rows, plus noise."""
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    n = 60 if split == "train" else 30
+    labels = rng.integers(0, 3, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 1, 10, 10)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 0, 2 + 3 * c, :] = 250
+    return images, labels
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    monkeypatch.setitem(DATASETS, "toy", toy_data)
+
+    def make(kind="SGD", **edits):
+        (tmp_path / "net.yaml").write_text(textwrap.dedent(NET))
+        text = SOLVER.format(kind=kind)
+        for k, v in edits.items():
+            text = text.replace(k, v)
+        path = tmp_path / "solver.yaml"
+        path.write_text(text)
+        return str(path)
+
+    return make
+
+
+def all_params(solver):
+    return [p.data.copy() for p in solver.net.params]
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Nesterov", "Adam"])
+def test_resume_is_bit_identical(toy, tmp_path, kind):
+    solver_path = toy(kind)
+    straight = Solver(solver_path, output_dir=str(tmp_path / "a"), progress=False)
+    straight.solve()
+    first = Solver(solver_path, output_dir=str(tmp_path / "b"), progress=False, max_iter=20)
+    first.solve()
+    state = tmp_path / "b" / "toy_iter_20.solverstate.npz"
+    assert state.exists() and (tmp_path / "b" / "toy_iter_20.npz").exists()
+    resumed = Solver(solver_path, output_dir=str(tmp_path / "b"), progress=False)
+    resumed.solve(resume_from=str(state))
+    assert resumed.iter == straight.iter == 40
+    for a, b in zip(all_params(straight), all_params(resumed)):
+        np.testing.assert_array_equal(a, b)
+    assert straight.last_test == resumed.last_test
+
+
+def test_training_learns_toy_problem(toy, tmp_path):
+    s = Solver(toy(), output_dir=str(tmp_path / "out"), progress=False)
+    result = s.solve()
+    assert result["accuracy"] >= 0.9
+    assert sorted(os.listdir(tmp_path / "out")) == ["toy_iter_20.npz", "toy_iter_20.solverstate.npz",
+                                             "toy_iter_40.npz", "toy_iter_40.solverstate.npz"]
+
+
+def test_sgd_update_matches_formula(toy, tmp_path):
+    s = Solver(toy(), output_dir=str(tmp_path), progress=False)
+    s.net.forward_backward()
+    p = s.net.layer_by_name("conv").params[1]  # bias: lr_mult 2
+    before, grad = p.data.copy(), p.diff.copy()
+    lr = s.apply_update()
+    expected = before - lr * 2 * (grad + 0.001 * before)  # first step: history was zero
+    np.testing.assert_allclose(p.data, expected, rtol=1e-6)
+
+
+def test_mask_keeps_pruned_weights_zero(toy, tmp_path):
+    s = Solver(toy(), output_dir=str(tmp_path), progress=False, max_iter=15)
+    w = s.net.layer_by_name("conv").params[0]
+    mask = np.random.default_rng(3).random(w.shape) > 0.5
+    w.set_mask(mask)
+    s.solve()
+    assert np.all(w.data[~mask] == 0) and np.all(w.data[mask] != 0)
+    # masks travel with the weights file
+    arrays = load_npz(str(tmp_path / "toy_iter_15.npz"))
+    np.testing.assert_array_equal(arrays["mask/conv/0"], mask.astype(np.float32))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_nan_loss_is_a_clear_error(toy, tmp_path):
+    s = Solver(toy(**{"base_lr: 0.05": "base_lr: 1e30"}), output_dir=str(tmp_path), progress=False)
+    with pytest.raises(TrainingError, match=r"Iteration \d+: the loss is nan"):
+        s.solve()
+
+
+def test_weights_roundtrip_and_mismatch(toy, tmp_path):
+    s = Solver(toy(), output_dir=str(tmp_path), progress=False, max_iter=5)
+    s.solve()
+    other = Solver(toy(), output_dir=str(tmp_path / "o"), progress=False)
+    load_weights(other.net, str(tmp_path / "toy_iter_5.npz"), strict=True)
+    for a, b in zip(all_params(s), all_params(other)):
+        np.testing.assert_array_equal(a, b)
+    arrays = load_npz(str(tmp_path / "toy_iter_5.npz"))
+    arrays["param/ip/0"] = arrays["param/ip/0"][:, :-1]
+    save_npz(str(tmp_path / "bad.npz"), arrays)
+    with pytest.raises(SnapshotError, match=r"layer 'ip' param 0 has shape"):
+        load_weights(other.net, str(tmp_path / "bad.npz"))
+
+
+def test_corrupt_and_truncated_snapshots(toy, tmp_path):
+    s = Solver(toy(), output_dir=str(tmp_path), progress=False, max_iter=5)
+    s.solve()
+    path = tmp_path / "toy_iter_5.solverstate.npz"
+    data = path.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SnapshotError, match="not a readable"):
+        s.restore(str(tmp_path / "trunc.npz"))
+    with pytest.raises(SnapshotError, match="not a solver state"):
+        s.restore(str(tmp_path / "toy_iter_5.npz"))
+    # a pickled object array is refused, not unpickled
+    np.savez(tmp_path / "evil.npz", x=np.array([object()], dtype=object))
+    with pytest.raises(SnapshotError):
+        load_npz(str(tmp_path / "evil.npz"))
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    class Boom:
+        def __array__(self, *a, **k):
+            raise RuntimeError("disk on fire")
+    with pytest.raises(RuntimeError):
+        save_npz(str(tmp_path / "w.npz"), {"a": np.zeros(3), "b": Boom()})
+    assert os.listdir(tmp_path) == []

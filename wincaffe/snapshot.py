@@ -1,0 +1,100 @@
+"""Snapshots: weights and solver state as ``.npz`` files.
+
+Written atomically (a temp file in the same folder, fsync, then ``os.replace``),
+so a crash mid-write never leaves a truncated snapshot under the final name.
+Read with ``allow_pickle=False``: a snapshot holds arrays and strings only.
+
+Weights file keys: ``param/<layer>/<i>`` (data), ``mask/<layer>/<i>`` (masks,
+when set) and ``extra/<layer>/<name>`` (layer state that is not a Param, such as
+a transform-domain mask). Solver-state keys: ``iter``, ``history/<k>/<layer>/<i>``,
+``rng/<net>``, ``layer/<net>/<layer>/<name>``, ``weights`` (the weights file).
+"""
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from wincaffe.errors import SnapshotError
+
+
+def save_npz(path, arrays):
+    """Write ``arrays`` (name -> array) to ``path`` atomically."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_npz(path):
+    """Read every array of an ``.npz`` into a dict, refusing pickled objects."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise SnapshotError(f"{path}: file not found") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise SnapshotError(f"{path}: not a readable .npz snapshot ({exc})") from None
+
+
+def weights_arrays(net):
+    """The arrays of a weights file for ``net``."""
+    out = {}
+    for layer in net.layers:
+        for i, p in enumerate(layer.params):
+            out[f"param/{layer.name}/{i}"] = p.data
+            if p.mask is not None:
+                out[f"mask/{layer.name}/{i}"] = p.mask
+        extra = getattr(layer, "extra_arrays", None)
+        if extra is not None:
+            for name, arr in extra().items():
+                out[f"extra/{layer.name}/{name}"] = arr
+    return out
+
+
+def save_weights(net, path):
+    save_npz(path, weights_arrays(net))
+
+
+def load_weights(net, path, *, strict=False):
+    """Copy the weights (and masks) in ``path`` into ``net``'s params, by layer name.
+
+    Layers of the net missing from the file keep their values (as Caffe's
+    ``--weights``: fine-tuning from a different net); with ``strict`` that is an
+    error. A shape mismatch is always an error naming the layer.
+    Returns the number of params loaded."""
+    arrays = load_npz(path)
+    loaded = 0
+    for layer in net.layers:
+        for i, p in enumerate(layer.params):
+            key = f"param/{layer.name}/{i}"
+            if key not in arrays:
+                if strict:
+                    raise SnapshotError(f"{path}: no weights for layer '{layer.name}' param {i}")
+                continue
+            src = arrays[key]
+            if src.shape != p.data.shape:
+                raise SnapshotError(f"{path}: layer '{layer.name}' param {i} has shape {src.shape} "
+                                    f"in the file but {p.data.shape} in the net")
+            p.data[...] = src
+            mkey = f"mask/{layer.name}/{i}"
+            p.set_mask(arrays[mkey] if mkey in arrays else None)
+            loaded += 1
+        load_extra = getattr(layer, "load_extra_arrays", None)
+        if load_extra is not None:
+            prefix = f"extra/{layer.name}/"
+            extra = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            if extra:
+                load_extra(extra)
+    if loaded == 0 and any(l.params for l in net.layers):
+        raise SnapshotError(f"{path}: none of its weights match a layer of net '{net.name}'")
+    return loaded

@@ -1,0 +1,267 @@
+"""Solvers (SGD, Nesterov, Adam), the training loop, testing and snapshots.
+
+Per parameter, each iteration (Caffe's ApplyUpdate, with masks added):
+    g  = diff + weight_decay · decay_mult · data          (L2; sign(data) for L1)
+    g ⊙= mask                                             (pruned entries get no update)
+    SGD:      h = momentum · h + lr · lr_mult · g;  data −= h
+    Nesterov: h' = momentum · h + lr · lr_mult · g; data −= (1 + momentum) h' − momentum · h
+    Adam:     m, v moments; data −= lr · lr_mult · √(1−β2ᵗ)/(1−β1ᵗ) · m / (√v + δ)
+    data ⊙= mask
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from wincaffe.config import load_solver_spec
+from wincaffe.errors import SnapshotError, TrainingError
+from wincaffe.layer import TEST, TRAIN
+from wincaffe.log import get_logger
+from wincaffe.lr_policy import learning_rate
+from wincaffe.net import Net
+from wincaffe.schema import Params
+from wincaffe.snapshot import load_npz, load_weights, save_npz, save_weights
+
+log = get_logger("solver")
+
+
+class Solver:
+    """``Solver("nets/lenet5_solver.yaml", output_dir="runs/lenet5").solve()``.
+
+    ``spec`` is a solver file path or a validated spec (``config.load_solver_spec``).
+    ``max_iter`` overrides the file's. ``progress``: show a tqdm bar (default: when
+    stderr is a terminal).
+    """
+
+    def __init__(self, spec, *, output_dir=".", dtype=np.float32, max_iter=None, progress=None):
+        self.spec = spec if isinstance(spec, Params) else load_solver_spec(spec)
+        if max_iter is not None:
+            self.spec["max_iter"] = int(max_iter)
+        self.output_dir = output_dir
+        self.dtype = np.dtype(dtype)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        seed = self.spec.random_seed
+        self.net = Net(self.spec.net, TRAIN, dtype=self.dtype, seed=seed)
+        self.test_net = None
+        if self.spec.test_iter:
+            test_source = self.spec.test_net or self.spec.net
+            self.test_net = Net(test_source, TEST, dtype=self.dtype, seed=seed + 1, share_from=self.net)
+        self.iter = 0
+        self.params = self.net.params
+        self.history = [np.zeros_like(p.data) for p in self.params]
+        self.history2 = [np.zeros_like(p.data) for p in self.params] if self.spec.type == "Adam" else None
+        self.losses = []            # smoothed over average_loss iterations, as Caffe
+        self.last_test = {}
+        self.last_snapshot = None
+
+    # ----- the update rule ------------------------------------------------------------
+    def learning_rate(self):
+        return learning_rate(self.spec, self.iter)
+
+    def apply_update(self):
+        s = self.spec
+        lr = self.learning_rate()
+        if s.iter_size > 1:
+            for p in self.params:
+                p.diff /= s.iter_size
+        self._clip_gradients()
+        for k, p in enumerate(self.params):
+            rate = lr * p.lr_mult
+            decay = s.weight_decay * p.decay_mult
+            g = p.diff
+            if decay:
+                if s.regularization_type == "L2":
+                    g += decay * p.data
+                else:
+                    g += decay * np.sign(p.data)
+            if p.mask is not None:
+                g *= p.mask
+            h = self.history[k]
+            if s.type == "SGD":
+                h *= s.momentum
+                h += rate * g
+                p.data -= h
+            elif s.type == "Nesterov":
+                prev = h.copy()
+                h *= s.momentum
+                h += rate * g
+                p.data -= (1 + s.momentum) * h - s.momentum * prev
+            else:  # Adam
+                v = self.history2[k]
+                t = self.iter + 1
+                h *= s.momentum
+                h += (1 - s.momentum) * g
+                v *= s.momentum2
+                v += (1 - s.momentum2) * g * g
+                corr = math.sqrt(1 - s.momentum2 ** t) / (1 - s.momentum ** t)
+                p.data -= rate * corr * h / (np.sqrt(v) + s.delta)
+            if p.mask is not None:
+                p.data *= p.mask
+        return lr
+
+    def _clip_gradients(self):
+        c = self.spec.clip_gradients
+        if c <= 0:
+            return
+        norm = math.sqrt(sum(float((p.diff.astype(np.float64) ** 2).sum()) for p in self.params))
+        if norm > c:
+            log.info(f"Gradient clipping: scaling down gradients (L2 norm {norm:.4g} > {c:.4g}) by scale factor {c / norm:.4g}")
+            for p in self.params:
+                p.diff *= c / norm
+
+    # ----- training loop ----------------------------------------------------------------
+    def step(self, iters, bar=None):
+        """Run ``iters`` iterations (testing, displaying and snapshotting on schedule)."""
+        s = self.spec
+        stop = self.iter + iters
+        t_last, it_last = time.perf_counter(), self.iter
+        while self.iter < stop:
+            if s.test_interval and self.iter % s.test_interval == 0 and (self.iter > 0 or s.test_initialization):
+                self.test()
+            loss = 0.0
+            for _ in range(s.iter_size):
+                loss += self.net.forward_backward()
+            loss /= s.iter_size
+            if not math.isfinite(loss):
+                hint = f" The last good snapshot is {self.last_snapshot}." if self.last_snapshot else ""
+                raise TrainingError(f"Iteration {self.iter}: the loss is {loss} (lr = {self.learning_rate():.6g}). "
+                                    f"Lower base_lr or check the data.{hint}")
+            self.losses.append(loss)
+            del self.losses[:-s.average_loss]
+            if s.display and self.iter % s.display == 0:
+                now = time.perf_counter()
+                speed = (self.iter - it_last) / (now - t_last) if self.iter > it_last else 0.0
+                t_last, it_last = now, self.iter
+                log.info(f"Iteration {self.iter} ({speed:.3g} iter/s), loss = {np.mean(self.losses):.6g}")
+                for i, (name, val) in enumerate(self._train_outputs().items()):
+                    log.info(f"    Train net output #{i}: {name} = {val:.6g}")
+            lr = self.apply_update()
+            if s.display and self.iter % s.display == 0:
+                log.info(f"Iteration {self.iter}, lr = {lr:.6g}")
+            self.iter += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(self.losses):.4f}", refresh=False)
+            if s.snapshot and self.iter % s.snapshot == 0 and self.iter < s.max_iter:
+                self.snapshot()
+
+    def _train_outputs(self):
+        out = {}
+        for name in self.net.outputs:
+            d = self.net.blobs[name].data
+            if d.size == 1:
+                out[name] = float(d)
+        return out
+
+    def solve(self, resume_from=None):
+        """Train to ``max_iter``; snapshot and test at the end. Returns the last test outputs."""
+        if resume_from:
+            self.restore(resume_from)
+        s = self.spec
+        log.info(f"Solving {self.net.name}")
+        log.info(f"Learning Rate Policy: {s.lr_policy}")
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=s.max_iter, initial=self.iter, unit="it", desc="train", dynamic_ncols=True,
+                       file=sys.stderr, leave=False)
+        try:
+            self.step(max(s.max_iter - self.iter, 0), bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.snapshot()
+        if s.display and self.iter % s.display == 0 and self.losses:
+            log.info(f"Iteration {self.iter}, loss = {np.mean(self.losses):.6g}")
+        if s.test_interval and self.iter % s.test_interval == 0:
+            self.test()
+        log.info("Optimization Done.")
+        return self.last_test
+
+    # ----- testing -------------------------------------------------------------------------
+    def test(self, iterations=None):
+        """Average every output of the test net over ``test_iter`` batches."""
+        if self.test_net is None:
+            return {}
+        n = iterations or self.spec.test_iter
+        log.info(f"Iteration {self.iter}, Testing net (#0)")
+        sums = {}
+        for _ in range(n):
+            self.test_net.forward()
+            for name in self.test_net.outputs:
+                d = self.test_net.blobs[name].data
+                if d.size == 1:
+                    sums[name] = sums.get(name, 0.0) + float(d)
+        weights = {t.name: w for tops, ws in zip(self.test_net.top_vecs, self.test_net.loss_weights)
+                   for t, w in zip(tops, ws)}
+        self.last_test = {}
+        for i, (name, total) in enumerate(sums.items()):
+            mean = total / n
+            self.last_test[name] = mean
+            w = weights.get(name, 0.0)
+            extra = f" (* {w:g} = {mean * w:.6g} loss)" if w else ""
+            log.info(f"    Test net output #{i}: {name} = {mean:.6g}{extra}")
+        return self.last_test
+
+    # ----- snapshots ------------------------------------------------------------------------
+    def snapshot_paths(self, it=None):
+        it = self.iter if it is None else it
+        base = os.path.join(self.output_dir, f"{self.spec.snapshot_prefix}_iter_{it}")
+        return base + ".npz", base + ".solverstate.npz"
+
+    def snapshot(self):
+        weights_path, state_path = self.snapshot_paths()
+        log.info(f"Snapshotting to {weights_path}")
+        save_weights(self.net, weights_path)
+        state = {"iter": np.array(self.iter), "weights": np.array(os.path.basename(weights_path)),
+                 "solver_type": np.array(self.spec.type)}
+        for (key, _), h in zip(self.net.named_params(), self.history):
+            state[f"history/0/{key}"] = h
+        if self.history2 is not None:
+            for (key, _), h in zip(self.net.named_params(), self.history2):
+                state[f"history/1/{key}"] = h
+        for tag, net in (("train", self.net), ("test", self.test_net)):
+            if net is None:
+                continue
+            state[f"rng/{tag}"] = np.array(json.dumps(net.rng.bit_generator.state))
+            for layer in net.layers:
+                for name, arr in layer.get_state().items():
+                    state[f"layer/{tag}/{layer.name}/{name}"] = arr
+        log.info(f"Snapshotting solver state to {state_path}")
+        save_npz(state_path, state)
+        self.last_snapshot = weights_path
+        return weights_path, state_path
+
+    def restore(self, state_path):
+        """Resume from a ``.solverstate.npz`` (the weights file beside it is loaded too)."""
+        state = load_npz(state_path)
+        for key in ("iter", "weights"):
+            if key not in state:
+                raise SnapshotError(f"{state_path}: not a solver state (no '{key}'); "
+                                    "pass a *.solverstate.npz to --snapshot, or a weights file to --weights")
+        weights_path = os.path.join(os.path.dirname(os.path.abspath(state_path)), str(state["weights"]))
+        log.info(f"Restoring previous solver status from {state_path}")
+        load_weights(self.net, weights_path, strict=True)
+        for (key, p), h in zip(self.net.named_params(), self.history):
+            src = state.get(f"history/0/{key}")
+            if src is None or src.shape != h.shape:
+                raise SnapshotError(f"{state_path}: no solver history for param {key} (shape {h.shape})")
+            h[...] = src
+        if self.history2 is not None:
+            for (key, _), h in zip(self.net.named_params(), self.history2):
+                h[...] = state[f"history/1/{key}"]
+        for tag, net in (("train", self.net), ("test", self.test_net)):
+            if net is None:
+                continue
+            if f"rng/{tag}" in state:
+                net.rng.bit_generator.state = json.loads(str(state[f"rng/{tag}"]))
+            for layer in net.layers:
+                prefix = f"layer/{tag}/{layer.name}/"
+                ls = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                if ls:
+                    layer.set_state(ls)
+        self.iter = int(state["iter"])
+        self.last_snapshot = weights_path
