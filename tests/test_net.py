@@ -76,3 +76,11 @@ def test_lr_policies(policy, extra, it, expected):
                   stepvalue=None)
     spec.update(extra)
     assert np.isclose(learning_rate(spec, it), expected)
+
+
+def test_unknown_type_mentions_broken_plugins(monkeypatch):
+    from wincaffe import layer as layer_mod
+    from wincaffe.errors import ConfigError
+    monkeypatch.setitem(layer_mod._BROKEN, "layers.fancy", ImportError("no module named fancy_kernels"))
+    with pytest.raises(ConfigError, match=r"unknown layer type 'Fancy'.*layers.fancy failed to import"):
+        layer_mod.layer_class("Fancy")

@@ -20,6 +20,7 @@ takes care of blobs that feed several layers.
 """
 import importlib
 import pkgutil
+import warnings
 from importlib import metadata
 
 import numpy as np
@@ -167,6 +168,7 @@ class Layer:
 
 # ----- registry -------------------------------------------------------------------
 _REGISTRY = {}
+_BROKEN = {}  # plugin module -> the exception its import raised
 _PLUGINS_LOADED = False
 
 
@@ -200,10 +202,21 @@ def load_plugins():
     except Exception:  # a broken environment must not hide the bundled layers
         pass
     for pkg_name in sorted(packages):
-        pkg = importlib.import_module(pkg_name)
+        try:
+            pkg = importlib.import_module(pkg_name)
+        except Exception as exc:
+            _BROKEN[pkg_name] = exc
+            continue
         for mod in pkgutil.iter_modules(pkg.__path__):
-            if not mod.name.startswith("_"):
-                importlib.import_module(f"{pkg_name}.{mod.name}")
+            if mod.name.startswith("_"):
+                continue
+            name = f"{pkg_name}.{mod.name}"
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # one broken plugin must not take the others down
+                _BROKEN[name] = exc
+                warnings.warn(f"wincaffe: layer plugin {name} failed to import: {type(exc).__name__}: {exc}",
+                              RuntimeWarning, stacklevel=2)
     _PLUGINS_LOADED = True
 
 
@@ -214,7 +227,8 @@ def layer_class(type_name):
         return _REGISTRY[type_name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise ConfigError(f"unknown layer type {type_name!r} (known types: {known})", field="type") from None
+        broken = "".join(f"; plugin {m} failed to import ({type(e).__name__}: {e})" for m, e in _BROKEN.items())
+        raise ConfigError(f"unknown layer type {type_name!r} (known types: {known}){broken}", field="type") from None
 
 
 def layer_types():

@@ -1,0 +1,144 @@
+"""Milliseconds per LeNet-5 training iteration (forward, backward, update), wincaffe
+vs PyTorch (when installed) on the same thread count, batch 64, real MNIST batches.
+
+    python benchmarks/bench_lenet.py --threads 1
+    python benchmarks/bench_lenet.py --threads 2 --net nets/lenet5_winograd.yaml
+
+Prints per-phase times, the per-epoch estimate (938 iterations) and the ratio
+PyTorch / wincaffe measured in this run (> 1 means wincaffe is faster).
+Each measurement is the median of --repeats blocks of --iters iterations,
+the two frameworks alternating so that load on a shared machine hits both.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench_wincaffe(net_path, iters):
+    import numpy as np
+    from wincaffe.solver import Solver
+    from wincaffe.config import load_solver_spec
+    solver_path = os.path.join(ROOT, "nets", "lenet5_solver.yaml")
+    spec = load_solver_spec(solver_path)
+    spec["net"] = net_path
+    spec["test_iter"] = 0
+    spec["test_interval"] = 0
+    spec["display"] = 0
+    solver = Solver(spec, progress=False)
+    net = solver.net
+    for _ in range(3):
+        net.forward_backward()
+        solver.apply_update()
+
+    def run():
+        tf = tb = tu = 0.0
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            net.forward()
+            t1 = time.perf_counter()
+            net.backward()
+            t2 = time.perf_counter()
+            solver.apply_update()
+            solver.iter += 1
+            t3 = time.perf_counter()
+            tf += t1 - t0
+            tb += t2 - t1
+            tu += t3 - t2
+        return [1000 * t / iters for t in (tf, tb, tu)]
+    return run
+
+
+def bench_torch(iters):
+    try:
+        import torch
+    except ImportError:
+        return None
+    from wincaffe.data import load_mnist
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(
+        nn.Conv2d(1, 20, 5), nn.MaxPool2d(2, 2), nn.Conv2d(20, 50, 5), nn.MaxPool2d(2, 2),
+        nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    images, labels = load_mnist("train")
+    x_all = torch.from_numpy(images[:64 * 20].astype("float32") / 256.0)
+    y_all = torch.from_numpy(labels[:64 * 20].astype("int64"))
+    state = {"i": 0}
+
+    def batch():
+        i = state["i"] % 20
+        state["i"] += 1
+        return x_all[i * 64:(i + 1) * 64], y_all[i * 64:(i + 1) * 64]
+
+    for _ in range(3):
+        x, y = batch()
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    def run():
+        tf = tb = tu = 0.0
+        for _ in range(iters):
+            x, y = batch()
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            opt.step()
+            t3 = time.perf_counter()
+            tf += t1 - t0
+            tb += t2 - t1
+            tu += t3 - t2
+        return [1000 * t / iters for t in (tf, tb, tu)]
+    return run
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=50, help="iterations per timed block")
+    ap.add_argument("--repeats", type=int, default=5, help="timed blocks per framework (median reported)")
+    ap.add_argument("--net", default=os.path.join(ROOT, "nets", "lenet5.yaml"))
+    args = ap.parse_args(argv)
+
+    from wincaffe.log import setup_logging
+    from wincaffe.threads import set_num_threads
+    import logging
+    setup_logging(logging.WARNING)
+    set_num_threads(args.threads)
+    runners = {"wincaffe": bench_wincaffe(args.net, args.iters)}
+    try:
+        import torch
+        torch.set_num_threads(args.threads)
+        torch_run = bench_torch(args.iters)
+        if torch_run:
+            runners[f"pytorch {torch.__version__}"] = torch_run
+    except ImportError:
+        print("(PyTorch not installed: `pip install torch==2.13.0` to compare)")
+    results = {name: [] for name in runners}
+    for _ in range(args.repeats):
+        for name, run in runners.items():
+            results[name].append(run())
+    print(f"LeNet-5 training iteration, batch 64, {args.threads} thread(s), net {os.path.relpath(args.net, ROOT)}")
+    print(f"{'framework':<22}{'forward':>9}{'backward':>10}{'update':>9}{'total ms':>10}{'s/epoch':>9}")
+    totals = {}
+    for name, blocks in results.items():
+        med = [statistics.median(b[i] for b in blocks) for i in range(3)]
+        total = statistics.median(sum(b) for b in blocks)
+        totals[name] = total
+        print(f"{name:<22}{med[0]:9.2f}{med[1]:10.2f}{med[2]:9.2f}{total:10.2f}{total * 938 / 1000:9.1f}")
+    others = [n for n in totals if n != "wincaffe"]
+    for n in others:
+        print(f"ratio {n} / wincaffe = {totals[n] / totals['wincaffe']:.2f} (> 1: wincaffe faster)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
