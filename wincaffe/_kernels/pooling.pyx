@@ -6,6 +6,7 @@ last window starts inside the (padded) input. MAX records the flat index
 (y*W + x) of the winner in each window for the backward pass.
 """
 from cython.parallel cimport prange
+from libc.string cimport memset
 
 ctypedef fused real:
     float
@@ -19,10 +20,19 @@ def max_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int[:, :,
     cdef Py_ssize_t p, n, c, py, px, hs, ws, he, we, iy, ix
     cdef int best_idx
     cdef real best, v
+    cdef const real* plane
+    cdef const real* row0
+    cdef const real* row1
+    cdef real* out
+    cdef int* arg
+    cdef bint fast2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and pad == 0
     with nogil:
         for p in prange(N * C, schedule="static"):
             n = p // C
             c = p % C
+            plane = &x[n, c, 0, 0]
+            out = &y[n, c, 0, 0]
+            arg = &argmax[n, c, 0, 0]
             for py in range(oh):
                 hs = py * sh - pad
                 he = hs + kh
@@ -30,6 +40,26 @@ def max_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int[:, :,
                     he = H
                 if hs < 0:
                     hs = 0
+                if fast2x2 and he - hs == 2:
+                    # LeNet's case: two input rows, windows never overlap
+                    row0 = plane + hs * W
+                    row1 = row0 + W
+                    for px in range(ow):
+                        ws = 2 * px
+                        best = row0[ws]
+                        best_idx = <int>(hs * W + ws)
+                        if ws + 1 < W and row0[ws + 1] > best:
+                            best = row0[ws + 1]
+                            best_idx = <int>(hs * W + ws + 1)
+                        if row1[ws] > best:
+                            best = row1[ws]
+                            best_idx = <int>((hs + 1) * W + ws)
+                        if ws + 1 < W and row1[ws + 1] > best:
+                            best = row1[ws + 1]
+                            best_idx = <int>((hs + 1) * W + ws + 1)
+                        out[py * ow + px] = best
+                        arg[py * ow + px] = best_idx
+                    continue
                 for px in range(ow):
                     ws = px * sw - pad
                     we = ws + kw
@@ -38,15 +68,15 @@ def max_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int[:, :,
                     if ws < 0:
                         ws = 0
                     best_idx = <int>(hs * W + ws)
-                    best = x[n, c, hs, ws]
+                    best = plane[hs * W + ws]
                     for iy in range(hs, he):
                         for ix in range(ws, we):
-                            v = x[n, c, iy, ix]
+                            v = plane[iy * W + ix]
                             if v > best:
                                 best = v
                                 best_idx = <int>(iy * W + ix)
-                    y[n, c, py, px] = best
-                    argmax[n, c, py, px] = best_idx
+                    out[py * ow + px] = best
+                    arg[py * ow + px] = best_idx
 
 
 def max_pool_backward(const real[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
@@ -54,19 +84,20 @@ def max_pool_backward(const real[:, :, :, ::1] dy, const int[:, :, :, ::1] argma
     """dx (overwritten) = scatter of dy to the winners recorded in argmax."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t oh = dy.shape[2], ow = dy.shape[3]
-    cdef Py_ssize_t p, n, c, py, px, iy, ix
-    cdef int idx
+    cdef Py_ssize_t p, n, c, q
+    cdef real* plane
+    cdef const real* g
+    cdef const int* arg
     with nogil:
         for p in prange(N * C, schedule="static"):
             n = p // C
             c = p % C
-            for iy in range(H):
-                for ix in range(W):
-                    dx[n, c, iy, ix] = 0
-            for py in range(oh):
-                for px in range(ow):
-                    idx = argmax[n, c, py, px]
-                    dx[n, c, idx // W, idx % W] += dy[n, c, py, px]
+            plane = &dx[n, c, 0, 0]
+            g = &dy[n, c, 0, 0]
+            arg = &argmax[n, c, 0, 0]
+            memset(plane, 0, H * W * sizeof(real))
+            for q in range(oh * ow):
+                plane[arg[q]] += g[q]
 
 
 def ave_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
