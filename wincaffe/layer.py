@@ -106,7 +106,9 @@ class Layer:
 
     Instance attributes set by the base class:
       name, spec (the validated layer mapping), phase (TRAIN/TEST), dtype, rng,
-      params (list of :class:`Param`, created in ``setup``).
+      params (list of :class:`Param`, created in ``setup``),
+      buffers (name -> array: model state that is not learned, such as a mask on
+      transform-domain weights; see :meth:`add_buffer`).
     """
 
     type_name = None
@@ -123,6 +125,7 @@ class Layer:
         self.dtype = np.dtype(dtype)
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.params = []
+        self.buffers = {}
 
     # ----- helpers for subclasses -------------------------------------------------
     def error(self, message, field=None):
@@ -138,6 +141,16 @@ class Layer:
                   lr_mult=m.get("lr_mult", 1.0), decay_mult=m.get("decay_mult", 1.0))
         self.params.append(p)
         return p
+
+    def add_buffer(self, name, array):
+        """Register a non-learnable model array (e.g. a transform-domain pruning mask).
+
+        Buffers are saved in weights files (``buffer/<layer>/<name>``), loaded by
+        ``--weights``, and shared by reference between a TRAIN net and its TEST
+        net. Change them in place (``self.buffers[name][...] = new``) so every
+        net holding the buffer sees the change."""
+        self.buffers[name] = np.ascontiguousarray(array, dtype=self.dtype)
+        return self.buffers[name]
 
     def block(self, key):
         """The validated per-type parameter block, e.g. ``self.block("convolution_param")``."""

@@ -188,14 +188,14 @@ class Net:
         theirs = {l.name: l for l in other.layers}
         for layer in self.layers:
             src = theirs.get(layer.name)
-            if src is None or not layer.params:
+            if src is None or not (layer.params or layer.buffers):
                 continue
-            if [p.shape for p in src.params] != [p.shape for p in layer.params]:
+            if [p.shape for p in src.params] != [p.shape for p in layer.params] or \
+                    {k: v.shape for k, v in src.buffers.items()} != {k: v.shape for k, v in layer.buffers.items()}:
                 raise ConfigError("parameter shapes differ between the TRAIN and TEST nets",
                                   source=self.source, layer=layer.name, layer_type=layer.type_name)
             layer.params[:] = src.params
-            if hasattr(layer, "params_shared"):
-                layer.params_shared()
+            layer.buffers = src.buffers  # the same dict: masks set later reach both nets
         self.params = [p for l in self.layers for p in l.params]
 
     # ----- running ------------------------------------------------------------------

@@ -5,8 +5,8 @@ so a crash mid-write never leaves a truncated snapshot under the final name.
 Read with ``allow_pickle=False``: a snapshot holds arrays and strings only.
 
 Weights file keys: ``param/<layer>/<i>`` (data), ``mask/<layer>/<i>`` (masks,
-when set) and ``extra/<layer>/<name>`` (layer state that is not a Param, such as
-a transform-domain mask). Solver-state keys: ``iter``, ``history/<k>/<layer>/<i>``,
+when set) and ``buffer/<layer>/<name>`` (layer buffers: model arrays that are not
+learned, such as a transform-domain mask). Solver-state keys: ``iter``, ``history/<k>/<layer>/<i>``,
 ``rng/<net>``, ``layer/<net>/<layer>/<name>``, ``weights`` (the weights file).
 """
 import os
@@ -54,10 +54,8 @@ def weights_arrays(net):
             out[f"param/{layer.name}/{i}"] = p.data
             if p.mask is not None:
                 out[f"mask/{layer.name}/{i}"] = p.mask
-        extra = getattr(layer, "extra_arrays", None)
-        if extra is not None:
-            for name, arr in extra().items():
-                out[f"extra/{layer.name}/{name}"] = arr
+        for name, arr in layer.buffers.items():
+            out[f"buffer/{layer.name}/{name}"] = arr
     return out
 
 
@@ -89,12 +87,14 @@ def load_weights(net, path, *, strict=False):
             mkey = f"mask/{layer.name}/{i}"
             p.set_mask(arrays[mkey] if mkey in arrays else None)
             loaded += 1
-        load_extra = getattr(layer, "load_extra_arrays", None)
-        if load_extra is not None:
-            prefix = f"extra/{layer.name}/"
-            extra = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            if extra:
-                load_extra(extra)
+        for name, buf in layer.buffers.items():
+            key = f"buffer/{layer.name}/{name}"
+            if key not in arrays:
+                continue  # e.g. a mask that was never set: the layer's default stays
+            if arrays[key].shape != buf.shape:
+                raise SnapshotError(f"{path}: layer '{layer.name}' buffer '{name}' has shape {arrays[key].shape} "
+                                    f"in the file but {buf.shape} in the net")
+            buf[...] = arrays[key]
     if loaded == 0 and any(l.params for l in net.layers):
         raise SnapshotError(f"{path}: none of its weights match a layer of net '{net.name}'")
     return loaded
