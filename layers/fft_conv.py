@@ -1,0 +1,355 @@
+"""FFTConv: stride-1 convolution (Caffe's cross-correlation) through real 2-D FFTs,
+with an optional pruning mask on the kernel's spectrum (seed 002 §3.1 eq. 1, §4.2).
+
+bottom x (N, C, H, W) -> top y (N, K, Ho, Wo), Ho = H + 2·pad − k + 1 (same for W).
+
+Spectra live on an Fh × Fw canvas; half spectra have Fh × Fw' entries, Fw' = Fw//2 + 1:
+
+    X = rfft2(x_pad)                 (N, C, Fh, Fw')  x at offset (pad, pad), zeros elsewhere
+    G = rfft2(W)                     (K, C, Fh, Fw')  W at offset (0, 0): the kernel AS STORED
+    Y = Σ_c X · conj(G ⊙ M)          (N, K, Fh, Fw')  one batched complex GEMM per frequency
+    y = irfft2(Y)[:Ho, :Wo] + b      (N, K, Ho, Wo)
+
+Correlation by conjugation: conj(F(W)) is the spectrum of the circularly reversed
+kernel, so the product is a circular cross-correlation; no wrap-around reaches the
+kept top-left Ho × Wo corner as long as Fh ≥ H + 2·pad (and Fw ≥ W + 2·pad). Seed
+002's eq. (1) masks F(g) of the stored kernel; here M masks F(W) of the stored
+kernel likewise, and since |conj(z)| = |z| (and conj(F(W)) equals the spectrum of
+the flipped kernel up to a unit-modulus phase), pruning by complex modulus picks
+the same entries as it would for a true convolution with the flipped kernel.
+With M = 1 the output equals the direct correlation to float tolerance.
+
+``fft_param``:
+    weights   spatial (default)  param 0 = W (K, C, k, k); no mask: an exact
+                                 convolution computed by FFT.
+              spatial_masked     param 0 = W; M (K, C, Fh, Fw') in ``self.spectral_mask``
+                                 (ones until ``set_spectral_mask``); G ⊙ M recomputed from W
+                                 every forward, gradients flow to W (seed 002 §4.2 retrains
+                                 in the time domain).
+              spectral           param 0 = S (K, C, Fh, Fw', 2): G's real and imaginary parts,
+                                 initialised as rfft2 of the filler's kernel. Pruning mask
+                                 = ``Param.mask`` (the solver keeps pruned entries zero).
+                                 Components of S that irfft2 ignores (the anti-Hermitian part
+                                 of the v = 0 and v = Fw/2 columns) get an exactly zero gradient.
+                                 Weight decay acts on S (≠ decay on W).
+    fft_size  linear (default)   Fh = H + 2·pad + k − 1: seed 002's size (LeNet masks
+                                 20×1×32×17 and 50×20×16×9)
+              auto               linear, rounded up to a fast FFT size of the backend
+              min                H + 2·pad rounded up to a fast size: the smallest exact one
+              n or [Fh, Fw]      explicit; must be ≥ H + 2·pad per axis
+              The size is fixed at setup (the mask and the spectral weights depend on it);
+              later bottoms may be smaller, not larger.
+    backend   pyfftw (default) | scipy | numpy   see :mod:`wincaffe.transforms.fft`
+    threads   FFT threads (default 1; the BLAS behind the GEMMs has its own pool)
+
+Backward gives the exact gradient of the masked forward (adjoints of the crop,
+the c2r, the mask and the r2c):
+
+    D = rfft2(dy at offset 0)                          (N, K, Fh, Fw')
+    dx = irfft2(Σ_k D · (G ⊙ M))[pad:pad+H, pad:pad+W]
+    E = Σ_n X · conj(D)                                (K, C, Fh, Fw')
+    dW = irfft2(M ⊙ E)[:k, :k]                         spatial, spatial_masked
+    dS = (ω / (Fh·Fw)) · M ⊙ E   as (re, im)           spectral; ω = 1 for the v = 0 and
+                                                       v = Fw/2 columns, 2 for the others
+                                                       (their mirrors are implicit in rfft)
+
+With a mask (or spectral weights) the effective kernel F⁻¹(G ⊙ M) is no longer
+supported on k × k: it fills the canvas, and the layer computes the circular
+correlation on the Fh × Fw canvas that seed 002's eq. (1) describes ("only
+approximate" to the unpruned convolution), cropped to Ho × Wo. The FFT size is
+therefore part of the model once pruned.
+
+Pruning API (as WinogradConv's): ``spectrum(masked=True)`` → rfft2(W) ⊙ M complex
+(K, C, Fh, Fw'), the values seed 002 prunes by modulus; ``spectral_mask``;
+``set_spectral_mask(mask)``. The spatial_masked mask is a layer buffer: saved in
+weights files and shared with the TEST net (spectral: ``Param.mask`` does both).
+
+Layout: the data spectra are frequency-major, (F, N, C) and (F, N, K) with
+F = Fh·Fw' (FFTW reads and writes that layout directly, see
+:mod:`wincaffe.transforms.fft`), so each product is one ``np.matmul`` of F small
+complex matrices (BLAS cgemm/zgemm per frequency); with C = 1 the forward is an
+outer product in the natural layout instead. The kernel's spectrum and dW are
+matrix DFTs of the k × k corner (``rfft2_small`` / ``irfft2_small``), not FFTs
+of a mostly-zero canvas. The 1/(Fh·Fw) of the inverse FFT is folded into the
+kernel spectrum. float32 layers compute in complex64, float64 layers in
+complex128. The user-facing mask and spectra are (K, C, Fh, Fw').
+"""
+import numpy as np
+
+from wincaffe.errors import ConfigError
+from wincaffe.fillers import fill
+from wincaffe.layer import Layer, register
+from wincaffe.schema import Block, Field, convolution_block
+from wincaffe.transforms import fft
+
+WEIGHTS = ("spatial", "spatial_masked", "spectral")
+SIZE_RULES = ("linear", "auto", "min")
+
+
+class FFTSizeField(Field):
+    """``linear`` | ``auto`` | ``min`` | an integer | [Fh, Fw]; returns the rule name or [Fh, Fw]."""
+
+    def __init__(self, default="linear", doc=""):
+        super().__init__((str, int), default, doc=doc)
+
+    def validate(self, value, path):
+        if isinstance(value, str):
+            for rule in SIZE_RULES:
+                if value.lower() == rule:
+                    return rule
+        else:
+            items = value if isinstance(value, list) else [value]
+            if 1 <= len(items) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                            for v in items):
+                return [int(items[0]), int(items[-1])]
+        raise ConfigError(f"must be {', '.join(SIZE_RULES)}, a positive integer or [Fh, Fw], got {value!r}",
+                          field=path)
+
+
+FFT_PARAM = Block(
+    weights=Field(str, "spatial", choices=WEIGHTS,
+                  doc="learnable weights: spatial W, spatial W + spectral mask, or the spectrum itself"),
+    fft_size=FFTSizeField(doc="FFT canvas size: linear (H+2p+k-1, seed 002), auto, min or [Fh, Fw]"),
+    backend=Field(str, "pyfftw", choices=fft.BACKENDS, doc="FFT library"),
+    threads=Field(int, 1, min=1, doc="FFT threads"),
+)
+
+
+@register("FFTConv")
+class FFTConv(Layer):
+    param_blocks = {"convolution_param": convolution_block(), "fft_param": FFT_PARAM}
+    num_bottoms = 1
+    num_tops = 1
+
+    # ----- setup ------------------------------------------------------------------
+    def setup(self, bottoms, tops):
+        p = self.block("convolution_param")
+        f = self.block("fft_param")
+        for field, value in (("stride", p.stride), ("dilation", p.dilation), ("group", p.group)):
+            if value != 1:
+                raise self.error(f"FFTConv supports only {field} 1, got {value} "
+                                 f"(use a Convolution layer for this one)", field=f"convolution_param.{field}")
+        shape = bottoms[0].shape
+        if len(shape) != 4:
+            raise self.error(f"needs a 4-D bottom (N, C, H, W), got shape {shape}", field="bottom")
+        C, H, W = shape[1:]
+        self.k, self.pad = p.kernel_size, p.pad
+        K, k = p.num_output, self.k
+        if H + 2 * self.pad < k or W + 2 * self.pad < k:
+            raise self.error(f"kernel {k} with pad {self.pad} does not fit a {H}x{W} input",
+                             field="convolution_param.kernel_size")
+        self.weights_mode = f.weights
+        self.backend = fft.get_backend(f.backend, f.threads)
+        self.fshape = self._fft_size(f.fft_size, H, W)
+        Fh, Fw = self.fshape
+        self.spectrum_shape = (K, C, Fh, fft.half_width(Fw))
+        self.ctype = fft.complex_dtype(self.dtype)
+        self.scale = 1.0 / (Fh * Fw)
+
+        W0 = fill(p.weight_filler, (K, C, k, k), self.rng, self.dtype)
+        if self.weights_mode == "spectral":
+            G0 = np.fft.rfft2(W0.astype(np.float64), s=self.fshape)         # S₀ = rfft2(W₀)
+            self.add_param("spectrum", np.stack([G0.real, G0.imag], axis=-1))
+        else:
+            self.add_param("weight", W0)
+        if p.bias_term:
+            self.add_param("bias", fill(p.bias_filler, (K,), self.rng, self.dtype))
+        # ω per frequency, frequency-major (F, 1, 1): the spectral gradient's column weights
+        omega = np.broadcast_to(fft.hermitian_weights(Fw, np.float64), (Fh, fft.half_width(Fw)))
+        self._omega_fm = omega.reshape(-1, 1, 1).astype(self.dtype)
+        if self.weights_mode == "spatial_masked":
+            self.add_buffer("spectral_mask", np.ones(self.spectrum_shape, self.dtype))
+        self._geom = None
+
+    def _fft_size(self, rule, H, W):
+        k, pad, name = self.k, self.pad, self.backend.name
+        need = (H + 2 * pad, W + 2 * pad)
+        if rule == "linear":
+            return (need[0] + k - 1, need[1] + k - 1)
+        if rule == "auto":
+            return (fft.next_fast_len(need[0] + k - 1, name), fft.next_fast_len(need[1] + k - 1, name))
+        if rule == "min":
+            return (fft.next_fast_len(need[0], name), fft.next_fast_len(need[1], name))
+        size = (int(rule[0]), int(rule[1]))
+        self._check_fits(size, H, W)
+        return size
+
+    def _check_fits(self, size, H, W):
+        need = (H + 2 * self.pad, W + 2 * self.pad)
+        if size[0] < need[0] or size[1] < need[1]:
+            raise self.error(f"FFT size {size[0]}x{size[1]} is smaller than the padded input "
+                             f"{need[0]}x{need[1]} (H + 2·pad, W + 2·pad): the circular correlation would "
+                             f"wrap around into the output; use at least [{need[0]}, {need[1]}] "
+                             f"(or linear, auto, min)", field="fft_param.fft_size")
+
+    # ----- pruning API ------------------------------------------------------------
+    @property
+    def spectral_mask(self):
+        """The 0/1 mask M (K, C, Fh, Fw//2 + 1) on the kernel's half spectrum
+        (seed 002 §4.2), or None for ``weights: spatial``."""
+        if self.weights_mode == "spatial_masked":
+            return self.buffers["spectral_mask"]
+        if self.weights_mode == "spectral":
+            m = self.params[0].mask
+            return np.ones(self.spectrum_shape, self.dtype) if m is None else m[..., 0]
+        return None
+
+    def set_spectral_mask(self, mask):
+        """Install a 0/1 mask (K, C, Fh, Fw//2 + 1) on the kernel's spectrum (None: none).
+
+        spatial_masked: kept in the buffer ``spectral_mask`` (saved with the weights,
+        shared with the TEST net) and applied to rfft2(W) every forward. spectral: installed as ``Param.mask`` on both the real and the
+        imaginary part (the pruned entries are zeroed now and kept zero by the solver).
+        spatial: a ConfigError (no spectral weights to mask).
+        """
+        if self.weights_mode == "spatial":
+            raise self.error("a spectral mask needs weights: spatial_masked or spectral",
+                             field="fft_param.weights")
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != self.spectrum_shape:
+                raise ValueError(f"layer {self.name}: spectral mask shape {mask.shape} != {self.spectrum_shape}")
+            mask = (mask != 0).astype(self.dtype)
+        if self.weights_mode == "spectral":
+            self.params[0].set_mask(None if mask is None else np.repeat(mask[..., None], 2, axis=-1))
+        else:  # in place: a TEST net sharing this buffer sees the new mask too
+            self.buffers["spectral_mask"][...] = 1 if mask is None else mask
+
+    def spectrum(self, masked=True):
+        """The kernel's half spectrum rfft2(W) (K, C, Fh, Fw//2 + 1), complex, ⊙ M if
+        ``masked``: what seed 002 prunes by modulus. A new array."""
+        if self.weights_mode == "spectral":
+            G = self._spectral_param().copy()
+        else:
+            G = np.ascontiguousarray(np.moveaxis(self._spatial_spectrum_fm(), 0, 2)).reshape(self.spectrum_shape)
+        M = self.spectral_mask
+        if masked and M is not None:
+            G *= M
+        return G
+
+    def _spectral_param(self):
+        """weights: spectral -- the complex view (K, C, Fh, Fw') of param 0."""
+        w = self.params[0]
+        if not w.data.flags.c_contiguous:
+            w.data = np.ascontiguousarray(w.data)
+        return w.data.view(self.ctype)[..., 0]
+
+    def _spatial_spectrum_fm(self, conjugate=False, scale=1.0):
+        """rfft2(scale·W) (or its conjugate) frequency-major (F, K, C), by matrix DFTs:
+        only k × k of the canvas is nonzero (:func:`wincaffe.transforms.fft.rfft2_small`)."""
+        K, C = self.spectrum_shape[:2]
+        W = self.params[0].data.reshape(K * C, self.k, self.k)
+        if scale != 1.0:
+            W = W * self.dtype.type(scale)
+        return fft.rfft2_small(W, self.fshape, conjugate=conjugate).reshape(-1, K, C)
+
+    def _conj_kernel_spectrum_fm(self):
+        """conj(G ⊙ M)/(Fh·Fw) frequency-major (F, K, C), a new array, what the forward
+        multiplies by; keeps M frequency-major in ``self._Mfm`` (None without a mask)."""
+        K, C, Fh, Fw2 = self.spectrum_shape
+        if self.weights_mode == "spectral":
+            G = np.moveaxis(self._spectral_param().reshape(K, C, -1), 2, 0)
+            Gc = np.empty((Fh * Fw2, K, C), self.ctype)
+            np.conjugate(G, out=Gc)
+            Gc *= self.dtype.type(self.scale)
+            has_mask = self.params[0].mask is not None
+        else:
+            Gc = self._spatial_spectrum_fm(conjugate=True, scale=self.scale)
+            has_mask = self.weights_mode == "spatial_masked"
+        self._Mfm = None
+        if has_mask:  # read every time: pruning code may change the mask in place
+            self._Mfm = np.moveaxis(self.spectral_mask.reshape(K, C, -1), 2, 0)
+            Gc *= self._Mfm
+        return Gc
+
+    # ----- reshape / forward / backward -------------------------------------------
+    def reshape(self, bottoms, tops):
+        N, C, H, W = bottoms[0].shape
+        K, Cw = self.spectrum_shape[:2]
+        if C != Cw:
+            raise self.error(f"bottom has {C} channels but the weights expect {Cw}", field="bottom")
+        Ho, Wo = H + 2 * self.pad - self.k + 1, W + 2 * self.pad - self.k + 1
+        if Ho < 1 or Wo < 1:
+            raise self.error(f"kernel {self.k} with pad {self.pad} does not fit a {H}x{W} input",
+                             field="convolution_param.kernel_size")
+        self._check_fits(self.fshape, H, W)
+        tops[0].reshape((N, K, Ho, Wo), self.dtype)
+        geom = (N, C, H, W)
+        if self._geom == geom:
+            return
+        self._geom, self.Ho, self.Wo = geom, Ho, Wo
+        b, fs, dt = self.backend, self.fshape, self.dtype
+        # Each layer owns its plans: their zero borders depend on this layer's geometry.
+        # C = 1: the forward is an outer product per frequency, cheapest in the natural
+        # layout (long contiguous rows); otherwise GEMMs on frequency-major spectra.
+        self._outer = C == 1
+        self._x_r2c = b.plan_r2c((N, C), fs, dt, freq_major=not self._outer, cached=False)
+        self._y_c2r = b.plan_c2r((N, K), fs, dt, freq_major=not self._outer, cached=False)
+        self._dy_r2c = self._dx_c2r = None  # backward plans: made on first use (none at TEST)
+
+    def forward(self, bottoms, tops):
+        N, C, H, W = self._geom
+        K = self.spectrum_shape[0]
+        p = self.pad
+        xp = self._x_r2c
+        xp.input[..., p:p + H, p:p + W] = bottoms[0].data
+        Gc = self._conj_kernel_spectrum_fm()                       # (F, K, C) = conj(G ⊙ M)/(Fh·Fw)
+        self._Gc = Gc
+        if self._outer:                                             # C = 1, natural layout
+            X = xp().reshape(N, -1)                                 # (N, F)
+            Gk = np.ascontiguousarray(Gc[:, :, 0].T)                # (K, F)
+            np.multiply(X[:, None, :], Gk[None], out=self._y_c2r.input.reshape(N, K, -1))
+            self._X = None
+            self._Xn = X
+        else:
+            X = xp().reshape(-1, N, C)                              # (F, N, C), kept for backward
+            self._X = X
+            np.matmul(X, Gc.transpose(0, 2, 1), out=self._y_c2r.input.reshape(-1, N, K))
+        y = self._y_c2r()                                           # (N, K, Fh, Fw)
+        top = tops[0].data
+        np.copyto(top, y[:, :, :self.Ho, :self.Wo])
+        if len(self.params) > 1:
+            top.reshape(N, K, -1)[...] += self.params[1].data[None, :, None]
+
+    def backward(self, tops, propagate_down, bottoms):
+        N, C, H, W = self._geom
+        K = self.spectrum_shape[0]
+        Ho, Wo, p = self.Ho, self.Wo, self.pad
+        b, fs, dt = self.backend, self.fshape, self.dtype
+        dy = tops[0].diff
+        if self._dy_r2c is None:
+            self._dy_r2c = b.plan_r2c((N, K), fs, dt, freq_major=True, cached=False)
+        dp = self._dy_r2c
+        dp.input[..., :Ho, :Wo] = dy
+        D = dp().reshape(-1, N, K)                                  # (F, N, K)
+        if len(self.params) > 1:
+            self.params[1].diff[...] = dy.sum(axis=(0, 2, 3))
+
+        X = self._X
+        if X is None:                                               # C = 1: (N, F) -> (F, N, 1)
+            X = np.ascontiguousarray(self._Xn.T).reshape(-1, N, 1)
+        # E = Σ_n conj(D) · X  (F, K, C); conjugate the smaller operand, keep conj(E) if cheaper
+        if C <= K:
+            E, is_conj = np.matmul(D.transpose(0, 2, 1), np.conj(X)), True
+        else:
+            E, is_conj = np.matmul(np.conj(D).transpose(0, 2, 1), X), False
+        if self._Mfm is not None:
+            E *= self._Mfm                                          # M ⊙ E (M is real)
+        w = self.params[0]
+        if self.weights_mode == "spectral":                         # dS = ω/(Fh·Fw) · M ⊙ E
+            E *= self._omega_fm * self.dtype.type(self.scale)
+            dS = w.diff.view(self.ctype)[..., 0].reshape(K, C, -1)  # (K, C, F), a view
+            if is_conj:
+                np.conjugate(np.moveaxis(E, 0, 2), out=dS)
+            else:
+                np.copyto(dS, np.moveaxis(E, 0, 2))
+        else:                                                       # dW = irfft2(M ⊙ E)[:k, :k]
+            dW = fft.irfft2_small(E.reshape(fs[0], -1, K * C), fs, (self.k, self.k), conjugate=is_conj)
+            np.multiply(dW.reshape(w.diff.shape), self.dtype.type(self.scale), out=w.diff)
+
+        if propagate_down[0]:
+            if self._dx_c2r is None:
+                self._dx_c2r = b.plan_c2r((N, C), fs, dt, freq_major=True, cached=False)
+            np.matmul(D, np.conj(self._Gc), out=self._dx_c2r.input.reshape(-1, N, C))   # Σ_k D · (G ⊙ M)
+            dx = self._dx_c2r()
+            np.copyto(bottoms[0].diff, dx[:, :, p:p + H, p:p + W])

@@ -1,0 +1,354 @@
+"""FFTConv (seed 002 §3.1 eq. 1, §4.2) and the FFT backends of wincaffe.transforms.fft.
+
+References written plainly here: a direct correlation (conftest.reference_correlation,
+scipy.signal per (n, k, c)) and seed 002's F⁻¹(F(f)·F(g)·M) with numpy.fft.
+"""
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from wincaffe.errors import ConfigError
+from wincaffe.testing import check_gradients, make_layer
+from wincaffe.transforms import fft
+
+from conftest import reference_correlation
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """FFTW wisdom goes to a temporary folder; fast planning keeps the file quick."""
+    monkeypatch.setenv("WINCAFFE_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("WINCAFFE_FFTW_PLANNER", "FFTW_ESTIMATE")
+
+
+def conv(shape, K, k, pad=0, dtype=np.float32, seed=0, **fft_param):
+    return make_layer("FFTConv", [shape], dtype=dtype, seed=seed,
+                      convolution_param={"num_output": K, "kernel_size": k, "pad": pad,
+                                         "bias_filler": {"type": "gaussian", "std": 0.5}},
+                      fft_param=fft_param)
+
+
+def random_mask(layer, keep=0.6, seed=3):
+    return (np.random.default_rng(seed).random(layer.spectrum_shape) < keep).astype(np.float64)
+
+
+def seed002_reference(x, w, b, pad, fshape, mask):
+    """y = F⁻¹(F(x_pad) · conj(F(w) ⊙ M)) summed over c, cropped, + b; numpy.fft, one
+    (n, k, c) at a time. conj: Caffe's correlation (see layers/fft_conv.py)."""
+    N, C, H, W = x.shape
+    K, _, k, _ = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    Ho, Wo = H + 2 * pad - k + 1, W + 2 * pad - k + 1
+    y = np.zeros((N, K, Ho, Wo))
+    for n in range(N):
+        for kk in range(K):
+            acc = np.zeros(fshape)
+            for c in range(C):
+                Fx = np.fft.rfft2(xp[n, c], s=fshape)
+                Fg = np.fft.rfft2(w[kk, c].astype(np.float64), s=fshape) * mask[kk, c]
+                acc += np.fft.irfft2(Fx * np.conj(Fg), s=fshape)
+            y[n, kk] = acc[:Ho, :Wo] + b[kk]
+    return y
+
+
+# ----- forward equals a direct correlation ---------------------------------------------------
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("pad", [0, 1, 2])
+@pytest.mark.parametrize("C,K", [(1, 4), (3, 2), (8, 5)])
+def test_forward_matches_direct_correlation(k, pad, C, K):
+    layer, bottoms, tops = conv((2, C, 9, 11), K, k, pad)   # odd H and W
+    layer.forward(bottoms, tops)
+    ref = reference_correlation(bottoms[0].data, layer.params[0].data, layer.params[1].data, pad=pad)
+    assert tops[0].shape == ref.shape
+    np.testing.assert_allclose(tops[0].data, ref, rtol=1e-4, atol=2e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("size", ["linear", "auto", "min", [15, 16], 13])
+def test_every_fft_size_rule_is_exact(size):
+    layer, bottoms, tops = conv((2, 3, 9, 11), 4, 3, 1, dtype=np.float64, fft_size=size)
+    layer.forward(bottoms, tops)
+    ref = reference_correlation(bottoms[0].data, layer.params[0].data, layer.params[1].data, pad=1)
+    np.testing.assert_allclose(tops[0].data, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_fft_sizes_follow_seed002_lenet():
+    """Seed 002 §4.2: masks 20×1×32×17 (conv1) and 50×20×16×9 (conv2)."""
+    conv1 = conv((1, 1, 28, 28), 20, 5)[0]
+    conv2 = conv((1, 20, 12, 12), 50, 5)[0]
+    assert conv1.spectrum_shape == (20, 1, 32, 17)
+    assert conv2.spectrum_shape == (50, 20, 16, 9)
+    assert conv((1, 1, 28, 28), 2, 5, fft_size="min")[0].fshape == (28, 28)
+    assert conv((1, 1, 28, 28), 2, 5, fft_size="auto", backend="scipy")[0].fshape == (32, 32)
+    assert conv((1, 1, 9, 9), 2, 5, fft_size="auto", backend="scipy")[0].fshape == (15, 15)  # 13 → 15
+
+
+def test_large_spectra_use_the_staged_layout(monkeypatch):
+    """Above STRIDED_MAX_FREQS the FFTW plans stage through contiguous arrays."""
+    monkeypatch.setattr(fft, "STRIDED_MAX_FREQS", 0)
+    layer, bottoms, tops = conv((2, 3, 9, 11), 4, 3, 1, dtype=np.float64)
+    layer.forward(bottoms, tops)
+    ref = reference_correlation(bottoms[0].data, layer.params[0].data, layer.params[1].data, pad=1)
+    np.testing.assert_allclose(tops[0].data, ref, rtol=1e-10, atol=1e-10)
+    check_gradients(layer, bottoms, tops, max_checks=20)
+
+
+# ----- the masked forward is seed 002's eq. (1) -----------------------------------------------
+
+@pytest.mark.parametrize("weights", ["spatial_masked", "spectral"])
+@pytest.mark.parametrize("C", [1, 3])
+def test_masked_forward_matches_seed002_equation(weights, C):
+    layer, bottoms, tops = conv((2, C, 7, 8), 3, 3, 1, dtype=np.float64, weights=weights)
+    W = np.asarray(np.random.default_rng(5).standard_normal((3, C, 3, 3)))
+    if weights == "spectral":
+        S = np.fft.rfft2(W, s=layer.fshape)
+        layer.params[0].data[...] = np.stack([S.real, S.imag], axis=-1)
+    else:
+        layer.params[0].data[...] = W
+    mask = random_mask(layer, keep=0.5)
+    layer.set_spectral_mask(mask)
+    layer.forward(bottoms, tops)
+    ref = seed002_reference(bottoms[0].data, W, layer.params[1].data, 1, layer.fshape, mask)
+    np.testing.assert_allclose(tops[0].data, ref, rtol=1e-10, atol=1e-10)
+    # the mask matters, and spectrum() is what it prunes: rfft2(W) ⊙ M
+    assert not np.allclose(ref, reference_correlation(bottoms[0].data, W, layer.params[1].data, pad=1))
+    np.testing.assert_allclose(layer.spectrum(), np.fft.rfft2(W, s=layer.fshape) * mask, atol=1e-12)
+
+
+def test_all_ones_mask_changes_nothing():
+    layer, bottoms, tops = conv((2, 3, 7, 7), 4, 5, 2, weights="spatial_masked")
+    layer.forward(bottoms, tops)
+    ref = reference_correlation(bottoms[0].data, layer.params[0].data, layer.params[1].data, pad=2)
+    np.testing.assert_allclose(tops[0].data, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    assert layer.spectral_mask.shape == (4, 3, 15, 8) and layer.spectral_mask.all()
+
+
+def test_spectral_weights_start_from_the_filler_kernel():
+    spatial, bottoms, tops = conv((2, 3, 8, 8), 4, 3, 1, dtype=np.float64, seed=7)
+    spectral, b2, t2 = conv((2, 3, 8, 8), 4, 3, 1, dtype=np.float64, seed=7, weights="spectral")
+    assert spectral.params[0].shape == (4, 3, 12, 7, 2)
+    np.testing.assert_allclose(spectral.spectrum(), np.fft.rfft2(spatial.params[0].data, s=(12, 12)), atol=1e-12)
+    spatial.forward(bottoms, tops)
+    spectral.forward(b2, t2)
+    np.testing.assert_allclose(t2[0].data, tops[0].data, atol=1e-12)
+
+
+# ----- exact gradients -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("weights", ["spatial", "spatial_masked", "spectral"])
+@pytest.mark.parametrize("shape,K,k,pad", [((2, 1, 6, 7), 3, 3, 1), ((2, 3, 5, 6), 2, 3, 0), ((2, 2, 5, 5), 4, 5, 2)])
+def test_gradients(weights, shape, K, k, pad):
+    layer, bottoms, tops = conv(shape, K, k, pad, dtype=np.float64, weights=weights)
+    if weights != "spatial":
+        layer.set_spectral_mask(random_mask(layer))
+    check_gradients(layer, bottoms, tops, max_checks=40)
+
+
+def test_spectral_gradient_every_entry_including_ignored_components():
+    """Even Fw: the v = 0 and v = Fw/2 columns count once, the others twice; the parts
+    irfft2 ignores (e.g. Im of the DC entry) get exactly zero gradient."""
+    layer, bottoms, tops = conv((2, 2, 4, 5), 2, 3, 1, dtype=np.float64, weights="spectral")
+    assert layer.fshape == (8, 9)
+    layer.set_spectral_mask(random_mask(layer, keep=0.7))
+    check_gradients(layer, bottoms, tops, max_checks=10 ** 6, check_bottoms=[])
+    layer2, b2, t2 = conv((2, 2, 4, 5), 2, 3, 1, dtype=np.float64, weights="spectral", fft_size=[6, 8])
+    check_gradients(layer2, b2, t2, max_checks=10 ** 6)
+    t2[0].diff[...] = np.random.default_rng(0).standard_normal(t2[0].shape)
+    layer2.backward(t2, [False], b2)
+    assert np.all(layer2.params[0].diff[:, :, 0, 0, 1] == 0)   # Im G[0, 0]
+
+
+def test_masked_gradient_is_not_the_unmasked_one():
+    layer, bottoms, tops = conv((2, 3, 6, 6), 2, 3, 1, dtype=np.float64, weights="spatial_masked")
+    tops[0].diff[...] = 1.0
+    layer.forward(bottoms, tops)
+    layer.backward(tops, [True], bottoms)
+    dx_full, dw_full = bottoms[0].diff.copy(), layer.params[0].diff.copy()
+    layer.set_spectral_mask(random_mask(layer, keep=0.5))
+    layer.forward(bottoms, tops)
+    layer.backward(tops, [True], bottoms)
+    assert not np.allclose(bottoms[0].diff, dx_full)
+    assert not np.allclose(layer.params[0].diff, dw_full)
+
+
+# ----- backends ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("weights", ["spatial", "spectral"])
+def test_backends_agree(weights):
+    outs = {}
+    for backend in ("pyfftw", "scipy", "numpy"):
+        layer, bottoms, tops = conv((3, 4, 9, 10), 5, 3, 1, backend=backend, weights=weights)
+        if weights == "spectral":
+            layer.set_spectral_mask(random_mask(layer))
+        assert layer.backend.name == backend
+        layer.forward(bottoms, tops)
+        tops[0].diff[...] = np.random.default_rng(2).standard_normal(tops[0].shape)
+        layer.backward(tops, [True], bottoms)
+        outs[backend] = (tops[0].data.copy(), bottoms[0].diff.copy(), layer.params[0].diff.copy())
+    for backend in ("scipy", "numpy"):
+        for a, b in zip(outs["pyfftw"], outs[backend]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+
+
+def test_float64_layers_compute_in_complex128():
+    layer, bottoms, tops = conv((1, 2, 6, 6), 2, 3, dtype=np.float64)
+    layer.forward(bottoms, tops)
+    assert layer._Gc.dtype == np.complex128 and tops[0].data.dtype == np.float64
+    layer32, b32, t32 = conv((1, 2, 6, 6), 2, 3)
+    layer32.forward(b32, t32)
+    assert layer32._Gc.dtype == np.complex64 and t32[0].data.dtype == np.float32
+
+
+def test_backend_transforms_are_unnormalised_and_plans_are_reused():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 6))
+    for name in fft.BACKENDS:
+        be = fft.get_backend(name)
+        X = be.rfft2(x, (7, 8), offset=(1, 2))
+        canvas = np.zeros((2, 3, 7, 8))
+        canvas[..., 1:6, 2:8] = x
+        np.testing.assert_allclose(X, np.fft.rfft2(canvas), atol=1e-12)
+        np.testing.assert_allclose(be.irfft2(X, (7, 8)), 56 * canvas, atol=1e-10)
+        fm = be.plan_r2c((2, 3), (7, 8), np.float64, freq_major=True)
+        assert fm is be.plan_r2c((2, 3), (7, 8), np.float64, freq_major=True)
+        fm.input[...] = canvas
+        np.testing.assert_allclose(fm(), np.moveaxis(X, (0, 1), (2, 3)), atol=1e-12)
+    assert list(fft.hermitian_weights(8)) == [1, 2, 2, 2, 1]
+    assert list(fft.hermitian_weights(7)) == [1, 2, 2, 2]
+    assert fft.next_fast_len(13, "scipy") == 15 and fft.next_fast_len(13, "pyfftw") == 14
+    assert fft.next_fast_len(49, "pyfftw") == 49 and fft.next_fast_len(49, "numpy") == 50
+
+
+def test_wisdom_is_saved_in_the_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("WINCAFFE_DATA", str(tmp_path / "wisdom_here"))
+    be = fft.get_backend("pyfftw")
+    be.plan_r2c((3,), (10, 14), np.float32, cached=False)   # a new plan saves the wisdom
+    path = tmp_path / "wisdom_here" / "fftw_wisdom"
+    assert path.exists() and not be.save_wisdom()           # nothing new: no rewrite
+    assert path.read_bytes().count(b"\0") == 2 and b"fftw" in path.read_bytes()
+    assert not [p for p in path.parent.iterdir() if p.name != "fftw_wisdom"]  # no temp files left
+
+
+def test_missing_pyfftw_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyfftw", None)   # makes `import pyfftw` raise ImportError
+    fft._reset_for_tests()
+    try:
+        with pytest.warns(RuntimeWarning, match="pyFFTW is not available") as record:
+            layer, bottoms, tops = conv((2, 3, 6, 7), 2, 3, 1)
+            conv((2, 3, 6, 7), 2, 3, 1, threads=2)
+            fft.get_backend("pyfftw")
+        assert len([w for w in record if "pyFFTW" in str(w.message)]) == 1
+        assert layer.backend.name == "scipy"
+        layer.forward(bottoms, tops)
+        ref = reference_correlation(bottoms[0].data, layer.params[0].data, layer.params[1].data, pad=1)
+        np.testing.assert_allclose(tops[0].data, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fft.get_backend("pyfftw", threads=3)  # still no second warning
+    finally:
+        fft._reset_for_tests()
+
+
+# ----- configuration errors and the pruning API -----------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("stride", 2), ("dilation", 2), ("group", 2)])
+def test_unsupported_convolution_options(field, value):
+    with pytest.raises(ConfigError, match=rf"convolution_param\.{field}: FFTConv supports only {field} 1"):
+        make_layer("FFTConv", [(1, 2, 8, 8)], convolution_param={"num_output": 2, "kernel_size": 3, field: value})
+
+
+def test_fft_size_too_small():
+    with pytest.raises(ConfigError, match=r"fft_param\.fft_size: FFT size 9x12 is smaller than the padded input 10x10"):
+        conv((1, 2, 8, 8), 2, 3, 1, fft_size=[9, 12])
+    layer, bottoms, tops = conv((1, 2, 8, 8), 2, 3, 1, fft_size=10)
+    bottoms[0].reshape((1, 2, 9, 8))
+    with pytest.raises(ConfigError, match="fft_size"):
+        layer.reshape(bottoms, tops)
+
+
+@pytest.mark.parametrize("fft_param,match", [
+    ({"backend": "cufft"}, r"fft_param\.backend: must be one of pyfftw, scipy, numpy"),
+    ({"weights": "winograd"}, r"fft_param\.weights: must be one of"),
+    ({"fft_size": "big"}, r"fft_param\.fft_size: must be linear, auto, min"),
+    ({"fft_size": [8, 8, 8]}, r"fft_param\.fft_size"),
+    ({"threads": 0}, r"fft_param\.threads: must be >= 1"),
+])
+def test_bad_fft_param(fft_param, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        conv((1, 2, 8, 8), 2, 3, **fft_param)
+    assert "layer 'fftconv' (FFTConv)" in str(info.value)
+
+
+def test_mask_api():
+    spatial = conv((1, 2, 8, 8), 3, 3)[0]
+    assert spatial.spectral_mask is None
+    with pytest.raises(ConfigError, match="spatial_masked or spectral"):
+        spatial.set_spectral_mask(np.ones(spatial.spectrum_shape))
+    masked = conv((1, 2, 8, 8), 3, 3, weights="spatial_masked")[0]
+    with pytest.raises(ValueError, match="mask shape"):
+        masked.set_spectral_mask(np.ones((3, 2, 10, 10)))
+    mask = random_mask(masked)
+    masked.set_spectral_mask(mask)
+    np.testing.assert_array_equal(masked.spectral_mask, mask)
+    assert masked.buffers["spectral_mask"] is masked.spectral_mask  # saved with the weights
+    masked.set_spectral_mask(None)
+    assert masked.spectral_mask.all()
+    spectral = conv((1, 2, 8, 8), 3, 3, weights="spectral")[0]
+    spectral.set_spectral_mask(mask)
+    p = spectral.params[0]
+    assert p.mask.shape == p.shape and np.all(p.data[mask == 0] == 0)
+    np.testing.assert_array_equal(spectral.spectral_mask, mask)
+
+
+def test_small_kernel_dfts_match_the_ffts():
+    rng = np.random.default_rng(4)
+    for fshape, kshape in [((11, 13), (3, 3)), ((16, 16), (5, 5)), ((7, 8), (2, 4))]:
+        w = rng.standard_normal((6,) + kshape)
+        G = fft.rfft2_small(w, fshape)
+        np.testing.assert_allclose(G, np.moveaxis(np.fft.rfft2(w, s=fshape), 0, 2), atol=1e-12)
+        np.testing.assert_allclose(fft.rfft2_small(w, fshape, conjugate=True), np.conj(G), atol=1e-12)
+        Z = rng.standard_normal(G.shape) + 1j * rng.standard_normal(G.shape)   # not Hermitian
+        ref = np.fft.irfft2(np.moveaxis(Z, 2, 0), s=fshape, norm="forward")[:, :kshape[0], :kshape[1]]
+        np.testing.assert_allclose(fft.irfft2_small(Z, fshape, kshape), ref, atol=1e-11)
+        np.testing.assert_allclose(fft.irfft2_small(np.conj(Z), fshape, kshape, conjugate=True), ref, atol=1e-11)
+        G32 = fft.rfft2_small(w.astype(np.float32), fshape)
+        assert G32.dtype == np.complex64
+        np.testing.assert_allclose(G32, G, rtol=1e-5, atol=1e-5)
+
+
+def test_fftw_threads_give_the_same_numbers():
+    layer1, bottoms, tops = conv((4, 6, 12, 12), 5, 3, 1, seed=9)
+    layer2, b2, t2 = conv((4, 6, 12, 12), 5, 3, 1, seed=9, threads=2)
+    assert layer2.backend.threads == 2
+    layer1.forward(bottoms, tops)
+    layer2.forward(b2, t2)
+    np.testing.assert_allclose(t2[0].data, tops[0].data, rtol=1e-5, atol=1e-5)
+
+
+def test_spectral_mask_reaches_test_net_and_weights_file(tmp_path):
+    """The spatial_masked mask is a buffer: the TEST net sees it and --weights restores it."""
+    from wincaffe.config import validate_net
+    from wincaffe.layer import TEST, TRAIN
+    from wincaffe.net import Net
+    from wincaffe.snapshot import load_weights, save_weights
+    spec = validate_net({"name": "f", "layer": [
+        {"name": "x", "type": "Input", "top": "x", "input_param": {"shape": [2, 2, 9, 9], "fill": "gaussian"}},
+        {"name": "conv", "type": "FFTConv", "bottom": "x", "top": "y",
+         "convolution_param": {"num_output": 3, "kernel_size": 3},
+         "fft_param": {"weights": "spatial_masked"}}]})
+    train = Net(spec, TRAIN, dtype=np.float64)
+    test = Net(spec, TEST, dtype=np.float64, share_from=train)
+    layer = train.layer_by_name("conv")
+    mask = np.random.default_rng(0).random(layer.spectral_mask.shape) > 0.5
+    layer.set_spectral_mask(mask)
+    np.testing.assert_array_equal(test.layer_by_name("conv").spectral_mask, mask)
+    test.blobs["x"].data[...] = train.blobs["x"].data
+    train.forward()
+    test.forward()
+    np.testing.assert_array_equal(train.blobs["y"].data, test.blobs["y"].data)
+    save_weights(train, str(tmp_path / "w.npz"))
+    fresh = Net(spec, TEST, dtype=np.float64)
+    load_weights(fresh, str(tmp_path / "w.npz"), strict=True)
+    np.testing.assert_array_equal(fresh.layer_by_name("conv").spectral_mask, mask)
