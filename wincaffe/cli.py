@@ -40,14 +40,20 @@ def cmd_train(args):
     return 0
 
 
-def cmd_test(args):
-    from wincaffe.layer import TEST
+def _load_net(args, phase):
+    """The net of ``--model`` for ``phase``, with ``--weights`` loaded when given."""
     from wincaffe.net import Net
     from wincaffe.snapshot import load_weights
-    net = Net(args.model, TEST, dtype=_dtype(args.dtype), seed=args.seed)
+    net = Net(args.model, phase, dtype=_dtype(args.dtype), seed=args.seed)
     if args.weights:
         load_weights(net, args.weights, strict=True)
-    else:
+    return net
+
+
+def cmd_test(args):
+    from wincaffe.layer import TEST
+    net = _load_net(args, TEST)
+    if not args.weights:
         log.warning("No --weights given: testing the randomly initialised net")
     sums = {}
     iterator = range(args.iterations)
@@ -70,11 +76,7 @@ def cmd_test(args):
 
 def cmd_time(args):
     from wincaffe.layer import TRAIN
-    from wincaffe.net import Net
-    net = Net(args.model, TRAIN, dtype=_dtype(args.dtype), seed=args.seed)
-    if args.weights:
-        from wincaffe.snapshot import load_weights
-        load_weights(net, args.weights)
+    net = _load_net(args, TRAIN)
     log.info(f"Performing Forward-Backward timing over {args.iterations} iterations")
     fwd, bwd = net.time_layers(args.iterations)
     width = max(len(l.name) for l in net.layers)

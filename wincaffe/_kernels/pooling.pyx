@@ -100,12 +100,41 @@ def max_pool_backward(const real[:, :, :, ::1] dy, const int[:, :, :, ::1] argma
                 plane[arg[q]] += g[q]
 
 
+cdef struct Window:
+    Py_ssize_t hs, he, ws, we, size
+
+
+cdef inline Window _ave_window(Py_ssize_t py, Py_ssize_t px, Py_ssize_t H, Py_ssize_t W,
+                               int kh, int kw, int sh, int sw, int pad) noexcept nogil:
+    """Caffe's AVE window for output (py, px): the divisor counts the window clipped
+    to the padded input (H + pad, W + pad); the summed range is clipped to the input."""
+    cdef Window w
+    w.hs = py * sh - pad
+    w.ws = px * sw - pad
+    w.he = w.hs + kh
+    w.we = w.ws + kw
+    if w.he > H + pad:
+        w.he = H + pad
+    if w.we > W + pad:
+        w.we = W + pad
+    w.size = (w.he - w.hs) * (w.we - w.ws)
+    if w.hs < 0:
+        w.hs = 0
+    if w.ws < 0:
+        w.ws = 0
+    if w.he > H:
+        w.he = H
+    if w.we > W:
+        w.we = W
+    return w
+
+
 def ave_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
                      int kh, int kw, int sh, int sw, int pad):
-    """Caffe's AVE: the divisor counts the padded window clipped to H+pad, W+pad."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t oh = y.shape[2], ow = y.shape[3]
-    cdef Py_ssize_t p, n, c, py, px, hs, ws, he, we, iy, ix, size
+    cdef Py_ssize_t p, n, c, py, px, iy, ix
+    cdef Window w
     cdef real acc
     with nogil:
         for p in prange(N * C, schedule="static"):
@@ -113,63 +142,30 @@ def ave_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
             c = p % C
             for py in range(oh):
                 for px in range(ow):
-                    hs = py * sh - pad
-                    ws = px * sw - pad
-                    he = hs + kh
-                    we = ws + kw
-                    if he > H + pad:
-                        he = H + pad
-                    if we > W + pad:
-                        we = W + pad
-                    size = (he - hs) * (we - ws)
-                    if hs < 0:
-                        hs = 0
-                    if ws < 0:
-                        ws = 0
-                    if he > H:
-                        he = H
-                    if we > W:
-                        we = W
+                    w = _ave_window(py, px, H, W, kh, kw, sh, sw, pad)
                     acc = 0
-                    for iy in range(hs, he):
-                        for ix in range(ws, we):
+                    for iy in range(w.hs, w.he):
+                        for ix in range(w.ws, w.we):
                             acc = acc + x[n, c, iy, ix]
-                    y[n, c, py, px] = acc / size
+                    y[n, c, py, px] = acc / w.size
 
 
 def ave_pool_backward(const real[:, :, :, ::1] dy, real[:, :, :, ::1] dx,
                       int kh, int kw, int sh, int sw, int pad):
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t oh = dy.shape[2], ow = dy.shape[3]
-    cdef Py_ssize_t p, n, c, py, px, hs, ws, he, we, iy, ix, size
+    cdef Py_ssize_t p, n, c, py, px, iy, ix
+    cdef Window w
     cdef real g
     with nogil:
         for p in prange(N * C, schedule="static"):
             n = p // C
             c = p % C
-            for iy in range(H):
-                for ix in range(W):
-                    dx[n, c, iy, ix] = 0
+            memset(&dx[n, c, 0, 0], 0, H * W * sizeof(real))
             for py in range(oh):
                 for px in range(ow):
-                    hs = py * sh - pad
-                    ws = px * sw - pad
-                    he = hs + kh
-                    we = ws + kw
-                    if he > H + pad:
-                        he = H + pad
-                    if we > W + pad:
-                        we = W + pad
-                    size = (he - hs) * (we - ws)
-                    if hs < 0:
-                        hs = 0
-                    if ws < 0:
-                        ws = 0
-                    if he > H:
-                        he = H
-                    if we > W:
-                        we = W
-                    g = dy[n, c, py, px] / size
-                    for iy in range(hs, he):
-                        for ix in range(ws, we):
+                    w = _ave_window(py, px, H, W, kh, kw, sh, sw, pad)
+                    g = dy[n, c, py, px] / w.size
+                    for iy in range(w.hs, w.he):
+                        for ix in range(w.ws, w.we):
                             dx[n, c, iy, ix] += g
