@@ -1,0 +1,275 @@
+"""WinogradConv: stride-1 convolution (Caffe's cross-correlation) by Winograd
+minimal filtering F(m×m, r×r), with weights kept in the spatial or in the
+Winograd domain, transform-domain pruning masks and Winograd-ReLU.
+
+bottom (N, C, H, W) -> top (N, K, Ho, Wo), Ho = H + 2·pad − r + 1.
+
+Tiles: the padded input is cut into α×α tiles (α = m + r − 1) at stride m,
+th × tw = ⌈Ho/m⌉ × ⌈Wo/m⌉ tiles per image (T = th·tw); the last tile row and
+column reach past the output and are cropped.
+
+Forward (seed 000 eq. 1; seed 002 eq. 2; seed 001 Fig. 1c):
+    V = Bᵀ d B                  (α², C, N·T)   per tile and channel [ReLU(V) if winograd_relu]
+    U                           (α², K, C)     from the weights, see below
+    M[ξ] = U[ξ] @ V[ξ]          (α², K, N·T)   α² GEMMs over the whole batch
+    Y = Aᵀ M A + b              (N, K, Ho, Wo) cropped
+Backward:
+    dM = A dY Aᵀ                (α², K, N·T)
+    dU[ξ] = dM[ξ] @ V[ξ]ᵀ       (α², K, C)
+    dV[ξ] = U[ξ]ᵀ @ dM[ξ]       (α², C, N·T)   [⊙ (V > 0) if winograd_relu]
+    dX = Σ_tiles B dV Bᵀ        (N, C, H, W)   scatter-added, padding cropped
+
+Weights (``winograd_param.weights``):
+    spatial         param 0 = W (K, C, r, r); U = G W Gᵀ;  dW = Gᵀ dU G.
+    spatial_masked  param 0 = W; U = (G W Gᵀ) ⊙ mask (seed 002 eq. 2), mask (K, C, α, α)
+                    the layer buffer ``winograd_mask`` (saved in weights files, shared
+                    with the TEST net; all ones until pruning); dW = Gᵀ (dU ⊙ mask) G.
+    winograd        param 0 = Q (K, C, α, α) = G W₀ Gᵀ at init (seed 000 eq. 3);
+                    U = Q. ``gradient: raw`` stores dL/dQ in Param.diff,
+                    ``gradient: preconditioned`` stores (G Gᵀ) dL/dQ (G Gᵀ)
+                    (seed 000 eq. 18), so the solver's λQ weight decay makes the
+                    update seed 000 eq. 27. dL/dQ is always in ``self.raw_weight_grad``.
+                    Pruning: ``Param.mask`` on Q (the solver keeps masked entries zero).
+Param 1 = bias (K,) when ``bias_term``. ``raw_weight_grad`` is dL/dW (spatial
+modes) or dL/dQ (winograd), for gradient checks.
+
+Pruning API: ``winograd_mask`` (property), ``set_winograd_mask(mask)``,
+``transformed_weights()`` (U as (K, C, α, α), the magnitudes to prune by).
+Other attributes: ``m``, ``r``, ``alpha``, ``pad``, ``transform`` (the
+:class:`~wincaffe.transforms.winograd.WinogradTransform`), ``AT, G, BT`` (in the
+layer dtype), ``V`` (the last forward's transformed input, (α², C, N·T), after
+the Winograd-ReLU: its density is the activation density of seed 001 Fig. 3).
+
+Tile columns of the (α², ·, N·T) arrays are ordered (ty, n, tx); weights are
+transformed for all K·C kernels by one GEMM with G ⊗ G (α², r²).
+The math lives in :mod:`wincaffe.transforms.winograd` (matrices) and
+:mod:`wincaffe._kernels.winograd_tiles` (tiling + transforms, through the CPU
+dispatch in :mod:`wincaffe._kernels.winograd`); this module is bookkeeping.
+"""
+import numpy as np
+
+from wincaffe._kernels.winograd import gather_transform, transform_scatter
+from wincaffe.fillers import fill
+from wincaffe.layer import Layer, register
+from wincaffe.schema import Block, Field, convolution_block
+from wincaffe.transforms.winograd import MAX_ALPHA, transform
+
+WEIGHTS = ("spatial", "spatial_masked", "winograd")
+GRADIENTS = ("raw", "preconditioned")
+
+# Scratch buffers shared by all WinogradConv layers (only one layer runs at a time):
+# keyed by (tag, shape, dtype). V is not here: each layer keeps its own for backward.
+_WORKSPACES = {}
+
+
+def _workspace(tag, shape, dtype):
+    key = (tag, tuple(shape), np.dtype(dtype))
+    buf = _WORKSPACES.get(key)
+    if buf is None:
+        buf = _WORKSPACES[key] = np.empty(shape, dtype)
+    return buf
+
+
+def clear_workspaces():
+    """Free the shared scratch buffers (they are re-created on demand)."""
+    _WORKSPACES.clear()
+
+
+@register("WinogradConv")
+class WinogradConv(Layer):
+    param_blocks = {
+        "convolution_param": convolution_block(),
+        "winograd_param": Block(
+            tile=Field(int, 2, min=1, doc="m: output tile size, F(m×m, r×r)"),
+            weights=Field(str, "spatial", choices=WEIGHTS,
+                          doc="where the learnable weights live: spatial W, spatial W + "
+                              "transform-domain mask, or Q in the Winograd domain"),
+            gradient=Field(str, "preconditioned", choices=GRADIENTS,
+                           doc="for weights: winograd, what goes into Param.diff: dL/dQ or "
+                               "(G Gᵀ) dL/dQ (G Gᵀ) (seed 000 eq. 18)"),
+            points=Field((int, float, str), None, list_of=True,
+                         doc="α − 1 finite interpolation points (infinity is added) or α points; "
+                             "strings like '1/2' are exact"),
+            winograd_relu=Field(bool, False, doc="ReLU on V = Bᵀ d B (seed 001 Fig. 1c)"),
+        ),
+    }
+    num_bottoms = 1
+    num_tops = 1
+
+    # ----- setup ------------------------------------------------------------------
+    def setup(self, bottoms, tops):
+        p = self.block("convolution_param")
+        w = self.block("winograd_param")
+        for field, value in (("stride", p.stride), ("dilation", p.dilation), ("group", p.group)):
+            if value != 1:
+                raise self.error(f"WinogradConv supports only {field} 1, got {value} "
+                                 f"(use a Convolution layer for this one)", field=f"convolution_param.{field}")
+        shape = bottoms[0].shape
+        if len(shape) != 4:
+            raise self.error(f"needs a 4-D bottom (N, C, H, W), got shape {shape}", field="bottom")
+        self.m, self.r, self.pad = w.tile, p.kernel_size, p.pad
+        self.alpha = self.m + self.r - 1
+        if w.points is None and self.alpha > MAX_ALPHA:
+            raise self.error(f"tile {self.m} with kernel_size {self.r} gives α = {self.alpha} > {MAX_ALPHA} "
+                             f"(the default points run out; the float error is huge anyway)",
+                             field="winograd_param.tile")
+        try:
+            self.transform = transform(self.m, self.r, w.points)
+        except ValueError as exc:
+            raise self.error(str(exc), field="winograd_param.points") from None
+        self.weights_mode, self.gradient_mode, self.winograd_relu = w.weights, w.gradient, w.winograd_relu
+        AT, G, BT = self.transform.matrices(self.dtype)
+        self.AT, self.G, self.BT = AT, G, BT
+        self._A = np.ascontiguousarray(AT.T)       # (α, m): L of the output-side kernels
+        self._BT = np.ascontiguousarray(BT)        # (α, α): L of the input-side kernels
+        self.GGT = self.transform.GGT(self.dtype)  # (α, α), seed 000 eq. 18
+        # Per-kernel transforms of the weights as one GEMM over all K·C kernels each:
+        # vec(G W Gᵀ) = (G ⊗ G) vec(W); vec(Gᵀ dU G) = (G ⊗ G)ᵀ vec(dU);
+        # vec((G Gᵀ) dQ (G Gᵀ)) = (G Gᵀ ⊗ G Gᵀ) vec(dQ). Row-major vec, small matrices.
+        G64 = self.transform.matrices(np.float64)[1]
+        P64 = self.transform.GGT(np.float64)
+        self._GG = np.kron(G64, G64).astype(self.dtype)   # (α², r²)
+        self._PP = np.kron(P64, P64).astype(self.dtype)   # (α², α²), symmetric
+
+        K, C, r, a = p.num_output, shape[1], self.r, self.alpha
+        W0 = fill(p.weight_filler, (K, C, r, r), self.rng, self.dtype)
+        if self.weights_mode == "winograd":
+            G64 = self.transform.matrices(np.float64)[1]
+            self.add_param("weight", G64 @ W0.astype(np.float64) @ G64.T)  # Q₀ = G W₀ Gᵀ
+        else:
+            self.add_param("weight", W0)
+        if p.bias_term:
+            self.add_param("bias", fill(p.bias_filler, (K,), self.rng, self.dtype))
+        if self.weights_mode == "spatial_masked":   # saved in weights files, shared with a TEST net
+            self.add_buffer("winograd_mask", np.ones((K, C, a, a), self.dtype))
+        self.raw_weight_grad = None
+        self._geom = None
+        self._U = None
+
+    # ----- pruning API ------------------------------------------------------------
+    def transformed_weights(self):
+        """U (K, C, α, α): the weights the element-wise products use, i.e.
+        G W Gᵀ (spatial), (G W Gᵀ) ⊙ mask (spatial_masked) or Q (winograd)."""
+        data = self.params[0].data
+        if self.weights_mode == "winograd":
+            return data.copy()
+        K, C = data.shape[:2]
+        a = self.alpha
+        U = (data.reshape(K * C, -1) @ self._GG.T).reshape(K, C, a, a)
+        if self.winograd_mask is not None:
+            U *= self.winograd_mask
+        return U
+
+    @property
+    def winograd_mask(self):
+        """The transform-domain 0/1 mask (K, C, α, α): the ``winograd_mask`` buffer
+        (spatial_masked), ``Param.mask`` of Q (winograd; None until set), None (spatial)."""
+        if self.weights_mode == "spatial_masked":
+            return self.buffers["winograd_mask"]
+        if self.weights_mode == "winograd":
+            return self.params[0].mask
+        return None
+
+    def set_winograd_mask(self, mask):
+        """Install a 0/1 transform-domain mask (K, C, α, α) (None: no pruning).
+
+        spatial_masked: written in place into the ``winograd_mask`` buffer (so a TEST
+        net sharing it sees it too), applied to G W Gᵀ in every forward (seed 002).
+        winograd: installed as ``Param.mask`` of Q (the masked entries of Q are
+        zeroed now and kept zero by the solver). spatial: a ConfigError.
+        """
+        K, C = self.params[0].shape[:2]
+        shape = (K, C, self.alpha, self.alpha)
+        if self.weights_mode == "spatial":
+            raise self.error("a transform-domain mask needs weights: spatial_masked or winograd",
+                             field="winograd_param.weights")
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != shape:
+                raise ValueError(f"layer {self.name}: mask shape {mask.shape} != {shape}")
+        if self.weights_mode == "winograd":
+            self.params[0].set_mask(mask)
+        elif mask is None:
+            self.buffers["winograd_mask"][...] = 1
+        else:
+            self.buffers["winograd_mask"][...] = mask != 0
+
+    # ----- reshape / forward / backward -------------------------------------------
+    def reshape(self, bottoms, tops):
+        N, C, H, W = bottoms[0].shape
+        K, Cw = self.params[0].shape[:2]
+        if C != Cw:
+            raise self.error(f"bottom has {C} channels but the weights expect {Cw}", field="bottom")
+        Ho, Wo = H + 2 * self.pad - self.r + 1, W + 2 * self.pad - self.r + 1
+        if Ho < 1 or Wo < 1:
+            raise self.error(f"kernel {self.r} with pad {self.pad} does not fit a {H}x{W} input",
+                             field="convolution_param.kernel_size")
+        tops[0].reshape((N, K, Ho, Wo), self.dtype)
+        geom = (N, C, H, W)
+        if self._geom != geom:
+            m = self.m
+            self._geom = geom
+            self.Ho, self.Wo = Ho, Wo
+            self.th, self.tw = -(-Ho // m), -(-Wo // m)
+            self.NT = N * self.th * self.tw
+            self.V = np.empty((self.alpha ** 2, C, self.NT), self.dtype)   # kept for backward
+
+    def _compute_U(self):
+        """U laid out (α², K, C) for the GEMMs (C-contiguous, kept per layer for backward)."""
+        a = self.alpha
+        data = self.params[0].data
+        K, C = data.shape[:2]
+        if self._U is None or self._U.shape != (a * a, K, C):
+            self._U = np.empty((a * a, K, C), self.dtype)
+        U2 = self._U.reshape(a * a, K * C)
+        if self.weights_mode == "winograd":
+            np.copyto(U2, data.reshape(K * C, a * a).T)                          # U = Q
+        else:
+            np.matmul(self._GG, data.reshape(K * C, -1).T, out=U2)               # U = G W Gᵀ
+            if self.winograd_mask is not None:
+                U2 *= self.winograd_mask.reshape(K * C, a * a).T                 # ⊙ mask, seed 002 eq. 2
+        return self._U
+
+    def forward(self, bottoms, tops):
+        a = self.alpha
+        K = self.params[0].shape[0]
+        x = np.ascontiguousarray(bottoms[0].data, dtype=self.dtype)
+        U = self._compute_U()
+        gather_transform(x, self._BT, self.m, self.pad, self.th, self.tw, self.V, self.winograd_relu)
+        M = _workspace("M", (a * a, K, self.NT), self.dtype)
+        np.matmul(U, self.V, out=M)
+        bias = self.params[1].data if len(self.params) > 1 else None
+        transform_scatter(M, self._A, self.m, 0, self.th, self.tw, tops[0].data, bias)
+
+    def backward(self, tops, propagate_down, bottoms):
+        a = self.alpha
+        K, C = self.params[0].shape[:2]
+        dy = np.ascontiguousarray(tops[0].diff, dtype=self.dtype)
+        dM = _workspace("M", (a * a, K, self.NT), self.dtype)
+        gather_transform(dy, self._A, self.m, 0, self.th, self.tw, dM)          # dM = A dY Aᵀ
+        dU = _workspace("dU", (a * a, K, C), self.dtype)
+        np.matmul(dM, self.V.transpose(0, 2, 1), out=dU)                          # dU = dM Vᵀ
+        dU2 = dU.reshape(a * a, K * C)                                           # dL/dU, (α², K·C)
+        w = self.params[0]
+        if self.weights_mode == "winograd":
+            self.raw_weight_grad = np.ascontiguousarray(dU2.T).reshape(K, C, a, a)  # dL/dQ
+            if self.gradient_mode == "preconditioned":                            # seed 000, eq. 18
+                np.matmul(dU2.T, self._PP, out=w.diff.reshape(K * C, a * a))
+            else:
+                np.copyto(w.diff, self.raw_weight_grad)
+        else:
+            if self.winograd_mask is not None:
+                dU2 = dU2 * self.winograd_mask.reshape(K * C, a * a).T            # dU ⊙ mask
+            np.matmul(dU2.T, self._GG, out=w.diff.reshape(K * C, -1))             # dW = Gᵀ dU G
+            self.raw_weight_grad = w.diff
+        if len(self.params) > 1:
+            self.params[1].diff[...] = dy.sum(axis=(0, 2, 3))
+        if propagate_down[0]:
+            U = self._U
+            dV = _workspace("dV", (a * a, C, self.NT), self.dtype)
+            np.matmul(U.transpose(0, 2, 1), dM, out=dV)                           # dV = Uᵀ dM
+            if self.winograd_relu:                                                # ReLU(V)'s gradient
+                pos = _workspace("pos", self.V.shape, np.bool_)
+                np.greater(self.V, 0, out=pos)
+                np.multiply(dV, pos, out=dV)
+            transform_scatter(dV, self._BT, self.m, self.pad, self.th, self.tw, bottoms[0].diff)

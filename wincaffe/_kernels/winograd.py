@@ -1,0 +1,40 @@
+"""The Winograd tiling kernels for this CPU: ``gather_transform`` and
+``transform_scatter`` from ``winograd_tiles_avx2`` (compiled with -mavx2 -mfma)
+when the CPU has AVX2 and FMA, else from the baseline ``winograd_tiles``.
+Set ``WINCAFFE_NO_AVX2=1`` to force the baseline. ``KERNELS`` names the choice.
+See winograd_tiles.pyx for what the kernels compute.
+"""
+import os
+
+
+def _cpu_has_avx2_fma():
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as feats
+        return bool(feats.get("AVX2")) and bool(feats.get("FMA3"))
+    except Exception:
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx2" in flags and "fma" in flags
+    except OSError:
+        pass
+    return False
+
+
+_mod = None
+if os.environ.get("WINCAFFE_NO_AVX2", "") in ("", "0") and _cpu_has_avx2_fma():
+    try:
+        from wincaffe._kernels import winograd_tiles_avx2 as _mod
+    except ImportError:
+        _mod = None
+if _mod is None:
+    from wincaffe._kernels import winograd_tiles as _mod
+
+KERNELS = _mod.__name__.rsplit(".", 1)[-1]
+gather_transform = _mod.gather_transform
+transform_scatter = _mod.transform_scatter
+
+__all__ = ["gather_transform", "transform_scatter", "KERNELS"]
