@@ -31,7 +31,7 @@ def lenet_variant(tmp_path, train_samples=None, test_samples=None, **solver_edit
 
 
 def test_help_mentions_every_option(capsys):
-    for cmd, words in [("train", ["--solver", "--weights", "--snapshot", "--max-iter", "--output"]),
+    for cmd, words in [("train", ["--solver", "--weights", "--snapshot", "--max-iter", "--output", "--net", "--snapshot-prefix"]),
                        ("test", ["--model", "--weights", "--iterations"]),
                        ("time", ["--model", "--iterations"])]:
         with pytest.raises(SystemExit):

@@ -5,6 +5,7 @@ raises on purpose is printed as one line (``wincaffe: error: ...``), exit code 1
 """
 import argparse
 import logging
+import os
 import sys
 
 import numpy as np
@@ -29,7 +30,15 @@ def _threads(n):
 def cmd_train(args):
     from wincaffe.snapshot import load_weights
     from wincaffe.solver import Solver
-    solver = Solver(args.solver, output_dir=args.output, dtype=_dtype(args.dtype), max_iter=args.max_iter,
+    from wincaffe.config import load_solver_spec
+    spec = load_solver_spec(args.solver)
+    if args.net:
+        spec["net"] = args.net
+        if args.snapshot_prefix is None:
+            spec["snapshot_prefix"] = os.path.splitext(os.path.basename(args.net))[0]
+    if args.snapshot_prefix:
+        spec["snapshot_prefix"] = args.snapshot_prefix
+    solver = Solver(spec, output_dir=args.output, dtype=_dtype(args.dtype), max_iter=args.max_iter,
                     progress=None if not args.no_progress else False)
     if args.weights:
         n = load_weights(solver.net, args.weights)
@@ -120,6 +129,9 @@ def build_parser():
     g.add_argument("--weights", help="initialise from this weights file (fine-tuning)")
     g.add_argument("--snapshot", help="resume from this <prefix>_iter_<N>.solverstate.npz")
     t.add_argument("--max-iter", type=int, help="override the solver's max_iter")
+    t.add_argument("--net", help="train this net instead of the solver's 'net' (e.g. the Winograd twin of a "
+                                 "net under the same solver); snapshots are then named after it")
+    t.add_argument("--snapshot-prefix", help="override the solver's snapshot_prefix")
     t.add_argument("--output", default=".", help="folder for snapshots (default: current folder)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     common(t, model=False)
