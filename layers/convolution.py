@@ -8,13 +8,10 @@ Weights W (K, C, k, k), bias b (K,). Workspaces are kept between calls.
 import numpy as np
 
 from wincaffe._kernels.im2col import col2im, im2col
+from wincaffe.conv_geometry import conv_output_shape, require_4d
 from wincaffe.fillers import fill
 from wincaffe.layer import Layer, register
 from wincaffe.schema import convolution_block
-
-
-def conv_output_size(size, kernel, pad, stride, dilation=1):
-    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
 @register("Convolution")
@@ -28,8 +25,7 @@ class Convolution(Layer):
         if p.group != 1:
             raise self.error("groups are not supported yet (use group: 1)", field="convolution_param.group")
         shape = bottoms[0].shape
-        if len(shape) != 4:
-            raise self.error(f"needs a 4-D bottom (N, C, H, W), got shape {shape}", field="bottom")
+        require_4d(self, shape)
         self.k, self.pad, self.stride, self.dilation = p.kernel_size, p.pad, p.stride, p.dilation
         C = shape[1]
         w = fill(p.weight_filler, (p.num_output, C, self.k, self.k), self.rng, self.dtype)
@@ -40,15 +36,8 @@ class Convolution(Layer):
 
     def reshape(self, bottoms, tops):
         N, C, H, W = bottoms[0].shape
-        if C != self.params[0].shape[1]:
-            raise self.error(f"bottom has {C} channels but the weights expect {self.params[0].shape[1]}",
-                             field="bottom")
-        oh = conv_output_size(H, self.k, self.pad, self.stride, self.dilation)
-        ow = conv_output_size(W, self.k, self.pad, self.stride, self.dilation)
-        if oh < 1 or ow < 1:
-            raise self.error(f"kernel {self.k} with pad {self.pad} does not fit a {H}x{W} input",
-                             field="convolution_param.kernel_size")
-        K = self.params[0].shape[0]
+        K, Cw = self.params[0].shape[:2]
+        _, _, oh, ow = conv_output_shape(self, bottoms[0].shape, K, Cw, self.k, self.pad, self.stride, self.dilation)
         tops[0].reshape((N, K, oh, ow), self.dtype)
         if self._shape != (N, C, H, W):
             self._shape, self.oh, self.ow = (N, C, H, W), oh, ow

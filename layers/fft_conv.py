@@ -77,6 +77,7 @@ complex128. The user-facing mask and spectra are (K, C, Fh, Fw').
 import numpy as np
 
 from wincaffe.errors import ConfigError
+from wincaffe.conv_geometry import conv_output_shape, require_4d, require_unit_stride
 from wincaffe.fillers import fill
 from wincaffe.layer import Layer, register
 from wincaffe.schema import Block, Field, convolution_block
@@ -125,19 +126,13 @@ class FFTConv(Layer):
     def setup(self, bottoms, tops):
         p = self.block("convolution_param")
         f = self.block("fft_param")
-        for field, value in (("stride", p.stride), ("dilation", p.dilation), ("group", p.group)):
-            if value != 1:
-                raise self.error(f"FFTConv supports only {field} 1, got {value} "
-                                 f"(use a Convolution layer for this one)", field=f"convolution_param.{field}")
+        require_unit_stride(self, p)
         shape = bottoms[0].shape
-        if len(shape) != 4:
-            raise self.error(f"needs a 4-D bottom (N, C, H, W), got shape {shape}", field="bottom")
+        require_4d(self, shape)
         C, H, W = shape[1:]
         self.k, self.pad = p.kernel_size, p.pad
         K, k = p.num_output, self.k
-        if H + 2 * self.pad < k or W + 2 * self.pad < k:
-            raise self.error(f"kernel {k} with pad {self.pad} does not fit a {H}x{W} input",
-                             field="convolution_param.kernel_size")
+        conv_output_shape(self, shape, K, C, k, self.pad)
         self.weights_mode = f.weights
         self.backend = fft.get_backend(f.backend, f.threads)
         self.fshape = self._fft_size(f.fft_size, H, W)
@@ -266,12 +261,7 @@ class FFTConv(Layer):
     def reshape(self, bottoms, tops):
         N, C, H, W = bottoms[0].shape
         K, Cw = self.spectrum_shape[:2]
-        if C != Cw:
-            raise self.error(f"bottom has {C} channels but the weights expect {Cw}", field="bottom")
-        Ho, Wo = H + 2 * self.pad - self.k + 1, W + 2 * self.pad - self.k + 1
-        if Ho < 1 or Wo < 1:
-            raise self.error(f"kernel {self.k} with pad {self.pad} does not fit a {H}x{W} input",
-                             field="convolution_param.kernel_size")
+        _, _, Ho, Wo = conv_output_shape(self, bottoms[0].shape, K, Cw, self.k, self.pad)
         self._check_fits(self.fshape, H, W)
         tops[0].reshape((N, K, Ho, Wo), self.dtype)
         geom = (N, C, H, W)

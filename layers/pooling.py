@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from wincaffe._kernels.pooling import ave_pool_backward, ave_pool_forward, max_pool_backward, max_pool_forward
+from wincaffe.conv_geometry import require_4d
 from wincaffe.layer import Layer, register
 from wincaffe.schema import Block, Field
 
@@ -30,8 +31,7 @@ class Pooling(Layer):
 
     def setup(self, bottoms, tops):
         p = self.block("pooling_param")
-        if len(bottoms[0].shape) != 4:
-            raise self.error(f"needs a 4-D bottom (N, C, H, W), got shape {bottoms[0].shape}", field="bottom")
+        require_4d(self, bottoms[0].shape)
         if p.kernel_size is None and not p.global_pooling:
             raise self.error("is required (or set global_pooling: true)", field="pooling_param.kernel_size")
         if p.pad and p.kernel_size and p.pad >= p.kernel_size:

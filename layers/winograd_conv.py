@@ -49,6 +49,7 @@ dispatch in :mod:`wincaffe._kernels.winograd`); this module is bookkeeping.
 import numpy as np
 
 from wincaffe._kernels.winograd import gather_transform, transform_scatter
+from wincaffe.conv_geometry import conv_output_shape, require_4d, require_unit_stride
 from wincaffe.fillers import fill
 from wincaffe.layer import Layer, register
 from wincaffe.schema import Block, Field, convolution_block
@@ -100,13 +101,9 @@ class WinogradConv(Layer):
     def setup(self, bottoms, tops):
         p = self.block("convolution_param")
         w = self.block("winograd_param")
-        for field, value in (("stride", p.stride), ("dilation", p.dilation), ("group", p.group)):
-            if value != 1:
-                raise self.error(f"WinogradConv supports only {field} 1, got {value} "
-                                 f"(use a Convolution layer for this one)", field=f"convolution_param.{field}")
+        require_unit_stride(self, p)
         shape = bottoms[0].shape
-        if len(shape) != 4:
-            raise self.error(f"needs a 4-D bottom (N, C, H, W), got shape {shape}", field="bottom")
+        require_4d(self, shape)
         self.m, self.r, self.pad = w.tile, p.kernel_size, p.pad
         self.alpha = self.m + self.r - 1
         if w.points is None and self.alpha > MAX_ALPHA:
@@ -198,12 +195,7 @@ class WinogradConv(Layer):
     def reshape(self, bottoms, tops):
         N, C, H, W = bottoms[0].shape
         K, Cw = self.params[0].shape[:2]
-        if C != Cw:
-            raise self.error(f"bottom has {C} channels but the weights expect {Cw}", field="bottom")
-        Ho, Wo = H + 2 * self.pad - self.r + 1, W + 2 * self.pad - self.r + 1
-        if Ho < 1 or Wo < 1:
-            raise self.error(f"kernel {self.r} with pad {self.pad} does not fit a {H}x{W} input",
-                             field="convolution_param.kernel_size")
+        _, _, Ho, Wo = conv_output_shape(self, bottoms[0].shape, K, Cw, self.r, self.pad)
         tops[0].reshape((N, K, Ho, Wo), self.dtype)
         geom = (N, C, H, W)
         if self._geom != geom:
