@@ -40,6 +40,13 @@ Other attributes: ``m``, ``r``, ``alpha``, ``pad``, ``transform`` (the
 layer dtype), ``V`` (the last forward's transformed input, (α², C, N·T), after
 the Winograd-ReLU: its density is the activation density of seed 001 Fig. 3).
 
+Few input channels (C ≤ ``FUSED_MAX_C``, e.g. a 1-channel image): the α² "GEMMs" have
+inner dimension C (an outer product for C = 1) and the cost is moving M / dM
+(α², K, N·T), α²/m² times the output, through memory. Then the products are fused
+into the tiling kernels (``product_transform_scatter``: M per work item, consumed by
+the output transform in cache; ``gather_transform_grads``: dM per work item, reduced
+to dU and dV in cache); same equations, M and dM are never stored whole.
+
 Tile columns of the (α², ·, N·T) arrays are ordered (ty, n, tx); weights are
 transformed for all K·C kernels by one GEMM with G ⊗ G (α², r²).
 The math lives in :mod:`wincaffe.transforms.winograd` (matrices) and
@@ -48,7 +55,8 @@ dispatch in :mod:`wincaffe._kernels.winograd`); this module is bookkeeping.
 """
 import numpy as np
 
-from wincaffe._kernels.winograd import gather_transform, transform_scatter
+from wincaffe._kernels.winograd import (gather_transform, gather_transform_grads,
+                                       product_transform_scatter, transform_scatter)
 from wincaffe.conv_geometry import conv_output_shape, require_4d, require_unit_stride
 from wincaffe.fillers import fill
 from wincaffe.layer import Layer, register
@@ -56,6 +64,9 @@ from wincaffe.schema import Block, Field, convolution_block
 from wincaffe.transforms.winograd import MAX_ALPHA, transform
 
 WEIGHTS = ("spatial", "spatial_masked", "winograd")
+# Up to this many input channels, the U ⊙ V products are fused into the tiling kernels
+# (measured on LeNet's conv1 geometry: faster for C ≤ 2, the GEMMs win from C ≈ 4 on).
+FUSED_MAX_C = 2
 GRADIENTS = ("raw", "preconditioned")
 
 # Scratch buffers shared by all WinogradConv layers (only one layer runs at a time):
@@ -228,19 +239,27 @@ class WinogradConv(Layer):
         x = np.ascontiguousarray(bottoms[0].data, dtype=self.dtype)
         U = self._compute_U()
         gather_transform(x, self._BT, self.m, self.pad, self.th, self.tw, self.V, self.winograd_relu)
+        bias = self.params[1].data if len(self.params) > 1 else None
+        if self.V.shape[1] <= FUSED_MAX_C:                                        # Y = Aᵀ (U ⊙ V) A + b
+            product_transform_scatter(U, self.V, self._A, self.m, 0, self.th, self.tw, tops[0].data, bias)
+            return
         M = _workspace("M", (a * a, K, self.NT), self.dtype)
         np.matmul(U, self.V, out=M)
-        bias = self.params[1].data if len(self.params) > 1 else None
         transform_scatter(M, self._A, self.m, 0, self.th, self.tw, tops[0].data, bias)
 
     def backward(self, tops, propagate_down, bottoms):
         a = self.alpha
         K, C = self.params[0].shape[:2]
         dy = np.ascontiguousarray(tops[0].diff, dtype=self.dtype)
-        dM = _workspace("M", (a * a, K, self.NT), self.dtype)
-        gather_transform(dy, self._A, self.m, 0, self.th, self.tw, dM)          # dM = A dY Aᵀ
         dU = _workspace("dU", (a * a, K, C), self.dtype)
-        np.matmul(dM, self.V.transpose(0, 2, 1), out=dU)                          # dU = dM Vᵀ
+        fused = C <= FUSED_MAX_C
+        if fused:                                  # dU = dM Vᵀ [and dV = Uᵀ dM], dM = A dY Aᵀ per item
+            dV = _workspace("dV", (a * a, C, self.NT), self.dtype) if propagate_down[0] else None
+            gather_transform_grads(dy, self._A, self.m, 0, self.th, self.tw, self.V, self._U, dU, dV)
+        else:
+            dM = _workspace("M", (a * a, K, self.NT), self.dtype)
+            gather_transform(dy, self._A, self.m, 0, self.th, self.tw, dM)      # dM = A dY Aᵀ
+            np.matmul(dM, self.V.transpose(0, 2, 1), out=dU)                      # dU = dM Vᵀ
         dU2 = dU.reshape(a * a, K * C)                                           # dL/dU, (α², K·C)
         w = self.params[0]
         if self.weights_mode == "winograd":
@@ -257,9 +276,9 @@ class WinogradConv(Layer):
         if len(self.params) > 1:
             self.params[1].diff[...] = dy.sum(axis=(0, 2, 3))
         if propagate_down[0]:
-            U = self._U
-            dV = _workspace("dV", (a * a, C, self.NT), self.dtype)
-            np.matmul(U.transpose(0, 2, 1), dM, out=dV)                           # dV = Uᵀ dM
+            if not fused:
+                dV = _workspace("dV", (a * a, C, self.NT), self.dtype)
+                np.matmul(self._U.transpose(0, 2, 1), dM, out=dV)                 # dV = Uᵀ dM
             if self.winograd_relu:                                                # ReLU(V)'s gradient
                 pos = _workspace("pos", self.V.shape, np.bool_)
                 np.greater(self.V, 0, out=pos)

@@ -259,3 +259,41 @@ def test_mask_is_shared_with_the_test_net_and_saved_with_the_weights(weights, tm
     assert not np.array_equal(fresh.layer_by_name("conv").winograd_mask, mask)
     load_weights(fresh, path)
     np.testing.assert_array_equal(fresh.layer_by_name("conv").winograd_mask, mask)
+
+
+# ----- few input channels: the products fused into the tiling kernels ---------------------
+@pytest.mark.parametrize("C,tile,r,pad,relu,weights", [
+    (1, 4, 5, 0, False, "winograd"), (1, 2, 3, 1, True, "spatial_masked"),
+    (2, 4, 3, 2, False, "spatial"), (2, 6, 5, 1, True, "winograd"),
+])
+def test_fused_small_channel_path_gradients(C, tile, r, pad, relu, weights):
+    import layers.winograd_conv as wc
+    assert C <= wc.FUSED_MAX_C
+    layer, bottoms, tops = wconv((2, C, 9, 11), 3, r, pad=pad, tile=tile, weights=weights, relu=relu)
+    check_gradients(layer, bottoms, tops, param_diff=raw_grad, max_checks=40)
+
+
+@pytest.mark.parametrize("C", [1, 2])
+@pytest.mark.parametrize("propagate", [False, True])
+def test_fused_small_channel_path_matches_gemm_path(C, propagate, monkeypatch):
+    import layers.winograd_conv as wc
+    rng = np.random.default_rng(3)
+    results = []
+    for fused_max_c in (wc.FUSED_MAX_C, 0):        # fused, then the GEMM path
+        monkeypatch.setattr(wc, "FUSED_MAX_C", fused_max_c)
+        layer, bottoms, tops = wconv((5, C, 17, 14), 7, 5, tile=4, weights="winograd", dtype=np.float32)
+        bottoms[0].data[...] = np.random.default_rng(1).standard_normal(bottoms[0].shape)
+        layer.forward(bottoms, tops)
+        tops[0].diff[...] = rng.standard_normal(tops[0].shape) if not results else results[0][3]
+        bottoms[0].diff[...] = 0
+        layer.backward(tops, [propagate], bottoms)
+        results.append((tops[0].data.copy(), layer.params[0].diff.copy(), bottoms[0].diff.copy(),
+                        tops[0].diff.copy(), layer.params[1].diff.copy()))
+    (y1, dq1, dx1, _, db1), (y2, dq2, dx2, _, db2) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5 * np.abs(y2).max())
+    np.testing.assert_allclose(dq1, dq2, rtol=1e-5, atol=1e-5 * np.abs(dq2).max())
+    np.testing.assert_array_equal(db1, db2)
+    if propagate:
+        np.testing.assert_allclose(dx1, dx2, rtol=1e-5, atol=1e-5 * np.abs(dx2).max())
+    else:
+        assert not dx1.any()                       # the input gradient is skipped

@@ -168,3 +168,45 @@ def test_shape_errors():
         gather_transform(x, BT, 2, 1, 3, 3, np.zeros((16, 2, 8)))
     with pytest.raises(ValueError, match="expected"):
         transform_scatter(np.zeros((16, 2, 8)), BT, 2, 1, 3, 3, x)
+
+
+@pytest.mark.parametrize("mod", MODULES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("m,r,pad,H,W,N,C,K", [
+    (4, 5, 0, 28, 28, 64, 1, 20), (2, 3, 1, 9, 11, 3, 2, 5), (4, 3, 2, 13, 7, 5, 3, 4),
+    (6, 3, 0, 5, 5, 1, 1, 3), (2, 5, 2, 8, 8, 7, 2, 33), (4, 5, 0, 12, 12, 64, 20, 50),
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_product_kernels_match_gemm_path(m, r, pad, H, W, N, C, K, dtype, mod, threads):
+    """product_transform_scatter = transform_scatter(U @ V); gather_transform_grads = the
+    products of gather_transform's dM with V and U."""
+    AT, _, BT = transform(m, r).matrices(dtype)
+    A_, BT = np.ascontiguousarray(AT.T), np.ascontiguousarray(BT)
+    a, Ho, Wo = m + r - 1, H + 2 * pad - r + 1, W + 2 * pad - r + 1
+    th, tw = -(-Ho // m), -(-Wo // m)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    V = np.empty((a * a, C, N * th * tw), dtype)
+    mod.gather_transform(x, BT, m, pad, th, tw, V)
+    U = rng.standard_normal((a * a, K, C)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    dy = rng.standard_normal((N, K, Ho, Wo)).astype(dtype)
+    eps = 1e-5 if dtype == np.float32 else 1e-12   # × the largest entry: long float32 sums
+
+    def close(got, ref):
+        np.testing.assert_allclose(got, ref, rtol=eps, atol=eps * np.abs(ref).max())
+
+    y_ref, y = np.empty((N, K, Ho, Wo), dtype), np.empty((N, K, Ho, Wo), dtype)
+    mod.transform_scatter(np.matmul(U, V), A_, m, 0, th, tw, y_ref, b)
+    mod.product_transform_scatter(U, V, A_, m, 0, th, tw, y, b, num_threads=threads)
+    close(y, y_ref)
+
+    dM = np.empty((a * a, K, N * th * tw), dtype)
+    mod.gather_transform(dy, A_, m, 0, th, tw, dM)
+    dU, dV = np.empty((a * a, K, C), dtype), np.full_like(V, np.nan)
+    mod.gather_transform_grads(dy, A_, m, 0, th, tw, V, U, dU, dV, num_threads=threads)
+    close(dU, dM @ V.transpose(0, 2, 1))
+    close(dV, U.transpose(0, 2, 1) @ dM)
+    dU_only = np.empty_like(dU)
+    mod.gather_transform_grads(dy, A_, m, 0, th, tw, V, U, dU_only, num_threads=threads)
+    np.testing.assert_array_equal(dU_only, dU)

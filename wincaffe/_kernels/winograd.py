@@ -1,5 +1,6 @@
-"""The Winograd tiling kernels for this CPU: ``gather_transform`` and
-``transform_scatter`` from ``winograd_tiles_avx2`` (compiled with -mavx2 -mfma)
+"""The Winograd tiling kernels for this CPU: ``gather_transform``,
+``transform_scatter`` and their fused small-C forms ``product_transform_scatter``
+and ``gather_transform_grads`` from ``winograd_tiles_avx2`` (compiled with -mavx2 -mfma)
 when the CPU has AVX2 and FMA, else from the baseline ``winograd_tiles``.
 Set ``WINCAFFE_NO_AVX2=1`` to force the baseline. ``KERNELS`` names the choice.
 See winograd_tiles.pyx for what the kernels compute.
@@ -36,5 +37,8 @@ if _mod is None:
 KERNELS = _mod.__name__.rsplit(".", 1)[-1]
 gather_transform = _mod.gather_transform
 transform_scatter = _mod.transform_scatter
+product_transform_scatter = _mod.product_transform_scatter
+gather_transform_grads = _mod.gather_transform_grads
 
-__all__ = ["gather_transform", "transform_scatter", "KERNELS"]
+__all__ = ["gather_transform", "transform_scatter", "product_transform_scatter",
+           "gather_transform_grads", "KERNELS"]
