@@ -66,10 +66,11 @@ def toy(tmp_path, monkeypatch):
     monkeypatch.setitem(DATASETS, "toy", toy_data)
 
     def make(kind="SGD", **edits):
-        (tmp_path / "net.yaml").write_text(textwrap.dedent(NET))
-        text = SOLVER.format(kind=kind)
+        """Write net.yaml and solver.yaml with each ``old=new`` text edit applied to both."""
+        net, text = textwrap.dedent(NET), SOLVER.format(kind=kind)
         for k, v in edits.items():
-            text = text.replace(k, v)
+            net, text = net.replace(k, v), text.replace(k, v)
+        (tmp_path / "net.yaml").write_text(net)
         path = tmp_path / "solver.yaml"
         path.write_text(text)
         return str(path)
@@ -172,3 +173,20 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(RuntimeError):
         save_npz(str(tmp_path / "w.npz"), {"a": np.zeros(3), "b": Boom()})
     assert os.listdir(tmp_path) == []
+
+
+def test_iter_size_accumulates_gradients(toy, tmp_path):
+    """iter_size 2 with batch 4 takes the same steps as iter_size 1 with batch 8
+    (same samples, mean loss and mean gradient)."""
+    no_dropout = {"dropout_ratio: 0.2": "dropout_ratio: 0.0", "momentum: 0.9": "momentum: 0.0",
+                  "batch_size: 8": "batch_size: 4"}
+    half = Solver(toy(**no_dropout, **{"type: SGD": "type: SGD\niter_size: 2"}), output_dir=str(tmp_path / "a"),
+                  progress=False, max_iter=6)
+    half.spec["test_interval"] = 0
+    half.solve()
+    full = Solver(toy(**{k: v for k, v in no_dropout.items() if k != "batch_size: 8"}),
+                  output_dir=str(tmp_path / "b"), progress=False, max_iter=6)
+    full.spec["test_interval"] = 0
+    full.solve()
+    for a, b in zip(all_params(half), all_params(full)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)

@@ -121,10 +121,7 @@ class Solver:
         while self.iter < stop:
             if s.test_interval and self.iter % s.test_interval == 0 and (self.iter > 0 or s.test_initialization):
                 self.test()
-            loss = 0.0
-            for _ in range(s.iter_size):
-                loss += self.net.forward_backward()
-            loss /= s.iter_size
+            loss = self._forward_backward()
             if not math.isfinite(loss):
                 hint = f" The last good snapshot is {self.last_snapshot}." if self.last_snapshot else ""
                 raise TrainingError(f"Iteration {self.iter}: the loss is {loss} (lr = {self.learning_rate():.6g}). "
@@ -147,6 +144,27 @@ class Solver:
                 bar.set_postfix(loss=f"{np.mean(self.losses):.4f}", refresh=False)
             if s.snapshot and self.iter % s.snapshot == 0 and self.iter < s.max_iter:
                 self.snapshot()
+
+    def _forward_backward(self):
+        """One iteration's loss and gradients; with ``iter_size`` > 1 the gradients of
+        that many batches are summed (layers write their diffs, so the sum is kept
+        here) and ``apply_update`` divides by ``iter_size``."""
+        n = self.spec.iter_size
+        if n == 1:
+            return self.net.forward_backward()
+        if getattr(self, "_grad_sum", None) is None:
+            self._grad_sum = [np.zeros_like(p.diff) for p in self.params]
+        loss = 0.0
+        for i in range(n):
+            loss += self.net.forward_backward()
+            for acc, p in zip(self._grad_sum, self.params):
+                if i == 0:
+                    np.copyto(acc, p.diff)
+                else:
+                    acc += p.diff
+        for acc, p in zip(self._grad_sum, self.params):
+            np.copyto(p.diff, acc)
+        return loss / n
 
     def _train_outputs(self):
         out = {}
