@@ -84,3 +84,55 @@ def test_unknown_type_mentions_broken_plugins(monkeypatch):
     monkeypatch.setitem(layer_mod._BROKEN, "layers.fancy", ImportError("no module named fancy_kernels"))
     with pytest.raises(ConfigError, match=r"unknown layer type 'Fancy'.*layers.fancy failed to import"):
         layer_mod.layer_class("Fancy")
+
+
+def _net_grad_check(spec, param_layers, eps=1e-6):
+    """Every param of ``param_layers`` vs central differences of the net's loss."""
+    net = Net(spec, TRAIN, dtype=np.float64)
+    net.forward_backward()
+    for name in param_layers:
+        for p in net.layer_by_name(name).params:
+            analytic = p.diff.copy()
+            flat = p.data.reshape(-1)
+            for j in range(0, flat.size, max(1, flat.size // 7)):
+                old = flat[j]
+                flat[j] = old + eps
+                lp = net.forward()
+                flat[j] = old - eps
+                lm = net.forward()
+                flat[j] = old
+                assert np.isclose(analytic.reshape(-1)[j], (lp - lm) / (2 * eps), rtol=1e-5, atol=1e-8), \
+                    f"{p.name}[{j}]"
+
+
+def _layers(*extra):
+    base = [
+        {"name": "x", "type": "Input", "top": "x", "input_param": {"shape": [3, 4], "fill": "gaussian"}},
+        {"name": "lab", "type": "Input", "top": "lab", "input_param": {"shape": [3]}},
+        {"name": "ip1", "type": "InnerProduct", "bottom": "x", "top": "ip1",
+         "inner_product_param": {"num_output": 5, "weight_filler": {"type": "gaussian"},
+                                 "bias_filler": {"type": "gaussian"}}},
+    ]
+    return validate_net({"name": "t", "layer": base + list(extra)})
+
+
+def test_in_place_reader_of_a_split_does_not_change_the_other_readers_input():
+    # ipB reads ip1 *before* the in-place ReLU runs; its gradient must use pre-ReLU values
+    spec = _layers(
+        {"name": "ipB", "type": "InnerProduct", "bottom": "ip1", "top": "b", "inner_product_param": {"num_output": 3}},
+        {"name": "relu", "type": "ReLU", "bottom": "ip1", "top": "ip1"},
+        {"name": "ip2", "type": "InnerProduct", "bottom": "ip1", "top": "a", "inner_product_param": {"num_output": 3}},
+        {"name": "la", "type": "SoftmaxWithLoss", "bottom": ["a", "lab"], "top": "la"},
+        {"name": "lb", "type": "SoftmaxWithLoss", "bottom": ["b", "lab"], "top": "lb"})
+    _net_grad_check(spec, ["ip1", "ipB", "ip2"])
+
+
+def test_blob_written_in_place_on_a_split_and_read_twice():
+    # relu (in place on a split top) feeds two readers: a second split must read the relu's output
+    spec = _layers(
+        {"name": "acc", "type": "Accuracy", "bottom": ["ip1", "lab"], "top": "acc"},
+        {"name": "relu", "type": "ReLU", "bottom": "ip1", "top": "ip1"},
+        {"name": "ip2", "type": "InnerProduct", "bottom": "ip1", "top": "a", "inner_product_param": {"num_output": 3}},
+        {"name": "loss2", "type": "SoftmaxWithLoss", "bottom": ["ip1", "lab"], "top": "l2"},
+        {"name": "la", "type": "SoftmaxWithLoss", "bottom": ["a", "lab"], "top": "la"})
+    _net_grad_check(spec, ["ip1", "ip2"])

@@ -16,8 +16,10 @@ from wincaffe.schema import Params
 
 
 class _Split(Layer):
-    """Internal: copies one bottom to several tops (sharing the array) and sums
-    the tops' gradients on the way back."""
+    """Internal: copies one bottom to several tops and sums the tops' gradients on
+    the way back. A top shares the bottom's array, except one that an in-place
+    layer will overwrite (``copy_tops``): it gets its own copy, so the other
+    readers keep the values they saw."""
 
     type_name = "Split"
 
@@ -26,8 +28,11 @@ class _Split(Layer):
             t.reshape(bottoms[0].shape, bottoms[0].data.dtype)
 
     def forward(self, bottoms, tops):
-        for t in tops:
-            t.data = bottoms[0].data
+        for t, copy in zip(tops, self.spec["copy_tops"]):
+            if copy:
+                np.copyto(t.data, bottoms[0].data)
+            else:
+                t.data = bottoms[0].data
 
     def backward(self, tops, propagate_down, bottoms):
         if propagate_down[0]:
@@ -38,40 +43,35 @@ class _Split(Layer):
 
 
 def _insert_splits(specs):
-    """Rewrite bottoms/tops so that no blob version is read by two layers."""
-    # producer version of every blob name as we walk; consumers per version
-    version = {}          # blob name -> (producer index, top index)
-    consumers = {}        # (producer index, top index) -> list of (layer index, bottom index)
+    """Rewrite bottoms/tops so that no blob version is read by two layers
+    (Caffe's InsertSplits). An in-place layer that reads a split top writes that
+    split top (renamed), and later readers of the blob read the renamed one."""
+    version = {}          # blob name -> (producer index, top index) as we walk
+    consumers = {}        # (producer index, top index) -> [(layer index, bottom index)]
     for li, s in enumerate(specs):
         for bi, b in enumerate(s.bottom):
             if b in version:
                 consumers.setdefault(version[b], []).append((li, bi))
         for ti, t in enumerate(s.top):
             version[t] = (li, ti)
-    out, rename = [], {}  # rename: (layer index, bottom index) -> new name
-    split_after = {}
-    for key, readers in consumers.items():
-        if len(readers) > 1:
-            li, ti = key
-            blob = specs[li].top[ti]
-            names = [f"{blob}_{specs[li].name}_{ti}_split_{k}" for k in range(len(readers))]
-            split_after.setdefault(li, []).append(Params(
-                name=f"{blob}_{specs[li].name}_{ti}_split", type="Split", bottom=[blob], top=names,
-                include=[], exclude=[], param=[], loss_weight=None, propagate_down=None))
-            for k, (rli, rbi) in enumerate(readers):
-                rename[(rli, rbi)] = names[k]
-    alias = {}
+    rename, splits = {}, {}  # (reader, bottom index) -> split top; producer -> [(top index, names, copies)]
+    for (li, ti), readers in consumers.items():
+        if len(readers) < 2:
+            continue
+        blob = specs[li].top[ti]
+        names = [f"{blob}_{specs[li].name}_{ti}_split_{k}" for k in range(len(readers))]
+        copies = [blob in specs[rli].top for rli, _ in readers]  # in-place readers overwrite their top
+        splits.setdefault(li, []).append((ti, names, copies))
+        for k, reader in enumerate(readers):
+            rename[reader] = names[k]
+    out, alias = [], {}
     for li, s in enumerate(specs):
         s = Params(s)
-        new_bottom = []
-        for bi, b in enumerate(s.bottom):
-            nb = rename.get((li, bi), alias.get(b, b))
-            new_bottom.append(nb)
+        new_bottom = [rename.get((li, bi), alias.get(b, b)) for bi, b in enumerate(s.bottom)]
         new_top = []
         for t in s.top:
             if t in s.bottom and new_bottom[s.bottom.index(t)] != t:
-                # an in-place layer reading a split: it now writes the split blob
-                nt = new_bottom[s.bottom.index(t)]
+                nt = new_bottom[s.bottom.index(t)]  # in place on a renamed blob: keep writing it
                 alias[t] = nt
                 new_top.append(nt)
             else:
@@ -79,7 +79,10 @@ def _insert_splits(specs):
                 new_top.append(t)
         s["bottom"], s["top"] = new_bottom, new_top
         out.append(s)
-        out.extend(split_after.get(li, []))
+        for ti, names, copies in splits.get(li, []):
+            out.append(Params(name=f"{specs[li].top[ti]}_{specs[li].name}_{ti}_split", type="Split",
+                              bottom=[new_top[ti]], top=names, copy_tops=copies,
+                              include=[], exclude=[], param=[], loss_weight=None, propagate_down=None))
     return out
 
 
