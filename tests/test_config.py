@@ -174,3 +174,36 @@ def test_solver_errors(tmp_path, edit, words):
 def test_missing_file():
     with pytest.raises(ConfigError, match="no/such.yaml: file not found"):
         load_net_spec("no/such.yaml")
+
+
+def test_solver_with_default_fixed_policy(tmp_path):
+    write(tmp_path, SMALL_NET)
+    spec = load_solver_spec(write(tmp_path, "net: net.yaml\nbase_lr: 0.1\nmax_iter: 3\n", "solver.yaml"))
+    assert spec.lr_policy == "fixed"
+
+
+def test_non_utf8_file(tmp_path):
+    p = tmp_path / "net.yaml"
+    p.write_bytes(b"name: \xff\xfe\x00bad\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_net_spec(str(p))
+
+
+def test_include_and_exclude_together(tmp_path):
+    msg, _ = net_error(tmp_path, SMALL_NET.replace("top: conv1}", "top: conv1, include: {phase: TRAIN}, "
+                                                                   "exclude: {phase: TEST}}"))
+    assert "layer 'relu1'" in msg and "either 'include' or 'exclude'" in msg
+
+
+def test_param_sharing_by_name_is_refused(tmp_path):
+    text = SMALL_NET.replace("    convolution_param: {num_output: 3, kernel_size: 3}",
+                             "    param: [{name: shared}]\n    convolution_param: {num_output: 3, kernel_size: 3}")
+    msg, _ = net_error(tmp_path, text)
+    assert "param[0].name: sharing parameters by name is not supported" in msg
+
+
+def test_test_net_resolves_next_to_the_solver(tmp_path, monkeypatch):
+    write(tmp_path, SMALL_NET)
+    path = write(tmp_path, SOLVER + "test_net: net.yaml\ntest_iter: 1\n", "solver.yaml")
+    monkeypatch.chdir("/")
+    assert load_solver_spec(path).test_net == str(tmp_path / "net.yaml")

@@ -25,6 +25,8 @@ def read_yaml(path):
         raise ConfigError("file not found", source=path) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start}): is this a YAML file?", source=path) from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -99,6 +101,11 @@ def validate_layer(raw, index, source=None):
             spec[key] = block.validate(raw.get(key), key)
     except ConfigError as exc:
         raise exc.located(**ctx) from None
+    if spec["include"] and spec["exclude"]:
+        raise ConfigError("give either 'include' or 'exclude', not both (as Caffe)", field="exclude", **ctx)
+    for i, p in enumerate(spec["param"]):
+        if p.name is not None:
+            raise ConfigError("sharing parameters by name is not supported yet", field=f"param[{i}].name", **ctx)
     _check_count(cls.num_bottoms, len(spec["bottom"]), "bottom", ctx)
     _check_count(cls.num_tops, len(spec["top"]), "top", ctx)
     return spec
@@ -213,7 +220,7 @@ def load_solver_spec(path):
         spec = SOLVER_SPEC.validate(raw, "")
     except ConfigError as exc:
         raise exc.located(source=path) from None
-    for field in _POLICY_NEEDS[spec.lr_policy]:
+    for field in _POLICY_NEEDS.get(spec.lr_policy, ()):
         if spec[field] is None:
             raise ConfigError(f"lr_policy {spec.lr_policy} needs '{field}'", source=path, field=field)
     if spec.stepvalue is not None and sorted(spec.stepvalue) != spec.stepvalue:
@@ -223,6 +230,8 @@ def load_solver_spec(path):
     if spec.snapshot_prefix is None:
         spec["snapshot_prefix"] = os.path.splitext(os.path.basename(path))[0].replace("_solver", "")
     spec["net"] = resolve_relative(spec.net, path)
+    if spec.test_net:
+        spec["test_net"] = resolve_relative(spec.test_net, path)
     spec["source"] = path
     return spec
 
