@@ -29,10 +29,8 @@ class Accuracy(Layer):
         scores = bottoms[0].data.reshape(bottoms[0].shape[0], -1)
         labels = bottoms[1].data.reshape(-1).astype(np.int64)
         valid = np.ones(labels.shape, bool) if self.ignore is None else labels != self.ignore
-        if self.top_k == 1:
-            hit = scores.argmax(axis=1) == labels
-        else:
-            # label counts as hit if fewer than k scores beat it (Caffe's rule)
-            own = scores[np.arange(len(labels)), np.clip(labels, 0, scores.shape[1] - 1)]
-            hit = (scores > own[:, None]).sum(axis=1) < self.top_k
+        # Caffe's rule: a hit when fewer than top_k other scores are >= the label's
+        # (ties count against the label, so a constant output scores 0, not 1)
+        own = scores[np.arange(len(labels)), np.clip(labels, 0, scores.shape[1] - 1)]
+        hit = (scores >= own[:, None]).sum(axis=1) - 1 < self.top_k
         tops[0].data[...] = (hit & valid).sum() / max(int(valid.sum()), 1)

@@ -1,5 +1,6 @@
 """Pooling (MAX with argmax, AVE) over (N, C, H, W), Caffe's output-size rule:
-oh = ceil((H + 2p − k) / s) + 1, minus one if the last window would start in the padding."""
+oh = ceil((H + 2p − k) / s) + 1, minus one if the last window would start in the padding
+or past the input."""
 import math
 
 import numpy as np
@@ -11,8 +12,11 @@ from wincaffe.schema import Block, Field
 
 
 def pool_output_size(size, kernel, pad, stride):
+    """Caffe's ceil rule, then drop a last window that would start in the padding or
+    past the input (Caffe checks this only when pad > 0; with stride > kernel and no
+    pad its last window can be empty, which we never produce)."""
     out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
-    if pad and (out - 1) * stride >= size + pad:
+    if (out - 1) * stride >= size + pad:
         out -= 1
     return out
 

@@ -77,6 +77,19 @@ def test_pooling_output_size_follows_caffe():
     assert tops[0].shape == (1, 1, 4, 4)
 
 
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+def test_pooling_stride_larger_than_kernel_has_no_empty_window(pool):
+    # H = 5, k = 2, s = 5: Caffe's ceil rule gives a second window starting at 5 = H
+    layer, bottoms, tops = make_layer("Pooling", [(2, 2, 5, 5)],
+                                      pooling_param={"pool": pool, "kernel_size": 2, "stride": 5})
+    assert tops[0].shape == (2, 2, 1, 1)
+    layer.forward(bottoms, tops)
+    window = bottoms[0].data[:, :, :2, :2]
+    expected = window.max(axis=(2, 3)) if pool == "MAX" else window.mean(axis=(2, 3))
+    np.testing.assert_allclose(tops[0].data[:, :, 0, 0], expected)
+    check_gradients(layer, bottoms, tops)
+
+
 def test_inner_product_forward_and_gradients():
     layer, bottoms, tops = make_layer("InnerProduct", [(4, 3, 2, 2)], inner_product_param={
         "num_output": 5, "bias_filler": {"type": "gaussian"}})
@@ -150,6 +163,20 @@ def test_accuracy():
     bottoms[1].data[...] = [0, 1, 2, 2]
     layer.forward(bottoms, tops)
     assert float(tops[0].data) == 0.5
+
+
+def test_accuracy_ties_count_against_the_label():
+    # Caffe's rule: hit when (#scores >= label's score) - 1 < top_k; a constant output scores 0
+    layer, bottoms, tops = _with_labels("Accuracy", (3, 4), 4)
+    bottoms[0].data[...] = [[0, 0, 0, 0], [1, 1, 0, 0], [2, 2, 2, 0]]
+    bottoms[1].data[...] = [0, 1, 2]
+    layer.forward(bottoms, tops)
+    assert float(tops[0].data) == 0.0
+    layer, bottoms, tops = _with_labels("Accuracy", (3, 4), 4, accuracy_param={"top_k": 2})
+    bottoms[0].data[...] = [[0, 0, 0, 0], [1, 1, 0, 0], [2, 2, 2, 0]]
+    bottoms[1].data[...] = [0, 1, 2]
+    layer.forward(bottoms, tops)
+    assert np.isclose(float(tops[0].data), 1 / 3)
 
 
 def test_dropout_train_and_test():
