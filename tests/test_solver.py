@@ -1,5 +1,6 @@
 """Solver: the update rule, masks, NaN handling, atomic snapshots and bit-exact resume."""
 import os
+import re
 import textwrap
 
 import numpy as np
@@ -190,3 +191,35 @@ def test_iter_size_accumulates_gradients(toy, tmp_path):
     full.solve()
     for a, b in zip(all_params(half), all_params(full)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_resume_needs_the_same_solver_type(toy, tmp_path):
+    s = Solver(toy("SGD"), output_dir=str(tmp_path / "s"), progress=False, max_iter=3)
+    s.solve()
+    adam = Solver(toy("Adam"), output_dir=str(tmp_path / "a"), progress=False)
+    with pytest.raises(SnapshotError, match="written by a SGD solver, cannot resume a Adam"):
+        adam.restore(str(tmp_path / "s" / "toy_iter_3.solverstate.npz"))
+
+
+@pytest.mark.parametrize("corrupt,words", [
+    (lambda a: a.update({"param/ip/0": np.array(["x"] * a["param/ip/0"].size).reshape(a["param/ip/0"].shape)}),
+     "holds <U1 data, not numbers"),
+    (lambda a: a.update({"mask/ip/0": np.ones(3)}), "entry 'mask/ip/0' has shape (3,)"),
+])
+def test_odd_weights_files_are_clear_errors(toy, tmp_path, corrupt, words):
+    s = Solver(toy(), output_dir=str(tmp_path), progress=False, max_iter=2)
+    s.solve()
+    arrays = load_npz(str(tmp_path / "toy_iter_2.npz"))
+    corrupt(arrays)
+    save_npz(str(tmp_path / "odd.npz"), arrays)
+    with pytest.raises(SnapshotError, match=re.escape(words)):
+        load_weights(s.net, str(tmp_path / "odd.npz"))
+
+
+def test_snapshot_files_are_readable_by_others(toy, tmp_path):
+    s = Solver(toy(), output_dir=str(tmp_path / "o"), progress=False, max_iter=1)
+    s.solve()
+    mode = os.stat(tmp_path / "o" / "toy_iter_1.npz").st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

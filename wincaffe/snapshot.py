@@ -23,6 +23,9 @@ def save_npz(path, arrays):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a snapshot is an ordinary file
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
@@ -39,11 +42,26 @@ def load_npz(path):
     """Read every array of an ``.npz`` into a dict, refusing pickled objects."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            if not hasattr(z, "files"):
+                raise SnapshotError(f"{path}: a single .npy array, not an .npz snapshot")
+            arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise SnapshotError(f"{path}: file not found") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise SnapshotError(f"{path}: not a readable .npz snapshot ({exc})") from None
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):
+            raise SnapshotError(f"{path}: entry '{key}' is not a NumPy array")
+    return arrays
+
+
+def _numeric(path, key, array, shape):
+    """``array`` if it is a number array of ``shape``, else a SnapshotError naming ``key``."""
+    if array.dtype.kind not in "biuf":
+        raise SnapshotError(f"{path}: entry '{key}' holds {array.dtype} data, not numbers")
+    if array.shape != shape:
+        raise SnapshotError(f"{path}: entry '{key}' has shape {array.shape}, the net needs {shape}")
+    return array
 
 
 def weights_arrays(net):
@@ -83,9 +101,9 @@ def load_weights(net, path, *, strict=False):
             if src.shape != p.data.shape:
                 raise SnapshotError(f"{path}: layer '{layer.name}' param {i} has shape {src.shape} "
                                     f"in the file but {p.data.shape} in the net")
-            p.data[...] = src
+            p.data[...] = _numeric(path, key, src, p.data.shape)
             mkey = f"mask/{layer.name}/{i}"
-            p.set_mask(arrays[mkey] if mkey in arrays else None)
+            p.set_mask(_numeric(path, mkey, arrays[mkey], p.data.shape) if mkey in arrays else None)
             loaded += 1
         for name, buf in layer.buffers.items():
             key = f"buffer/{layer.name}/{name}"
@@ -94,7 +112,7 @@ def load_weights(net, path, *, strict=False):
             if arrays[key].shape != buf.shape:
                 raise SnapshotError(f"{path}: layer '{layer.name}' buffer '{name}' has shape {arrays[key].shape} "
                                     f"in the file but {buf.shape} in the net")
-            buf[...] = arrays[key]
+            buf[...] = _numeric(path, key, arrays[key], buf.shape)
     if loaded == 0 and any(l.params for l in net.layers):
         raise SnapshotError(f"{path}: none of its weights match a layer of net '{net.name}'")
     return loaded

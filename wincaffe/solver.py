@@ -260,17 +260,20 @@ class Solver:
             if key not in state:
                 raise SnapshotError(f"{state_path}: not a solver state (no '{key}'); "
                                     "pass a *.solverstate.npz to --snapshot, or a weights file to --weights")
+        saved_type = str(state.get("solver_type", self.spec.type))
+        if saved_type != self.spec.type:
+            raise SnapshotError(f"{state_path}: written by a {saved_type} solver, cannot resume a "
+                                f"{self.spec.type} solver from it (use --weights to start from its weights)")
         weights_path = os.path.join(os.path.dirname(os.path.abspath(state_path)), str(state["weights"]))
         log.info(f"Restoring previous solver status from {state_path}")
         load_weights(self.net, weights_path, strict=True)
-        for (key, p), h in zip(self.net.named_params(), self.history):
-            src = state.get(f"history/0/{key}")
-            if src is None or src.shape != h.shape:
-                raise SnapshotError(f"{state_path}: no solver history for param {key} (shape {h.shape})")
-            h[...] = src
-        if self.history2 is not None:
-            for (key, _), h in zip(self.net.named_params(), self.history2):
-                h[...] = state[f"history/1/{key}"]
+        slots = [self.history] + ([self.history2] if self.history2 is not None else [])
+        for slot, histories in enumerate(slots):
+            for (key, _), h in zip(self.net.named_params(), histories):
+                src = state.get(f"history/{slot}/{key}")
+                if src is None or src.shape != h.shape:
+                    raise SnapshotError(f"{state_path}: no solver history for param {key} (shape {h.shape})")
+                h[...] = src
         for tag, net in (("train", self.net), ("test", self.test_net)):
             if net is None:
                 continue
