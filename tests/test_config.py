@@ -207,3 +207,8 @@ def test_test_net_resolves_next_to_the_solver(tmp_path, monkeypatch):
     path = write(tmp_path, SOLVER + "test_net: net.yaml\ntest_iter: 1\n", "solver.yaml")
     monkeypatch.chdir("/")
     assert load_solver_spec(path).test_net == str(tmp_path / "net.yaml")
+
+
+def test_force_backward_is_refused_not_ignored(tmp_path):
+    msg, _ = net_error(tmp_path, "force_backward: true\n" + SMALL_NET)
+    assert "force_backward: force_backward is not supported yet" in msg

@@ -143,6 +143,8 @@ def validate_net(raw, path=None):
                           source=path, field=sorted(unknown)[0])
     if "layer" in raw and "layers" in raw:
         raise ConfigError("give either 'layer' or 'layers', not both", source=path, field="layer")
+    if raw.get("force_backward"):
+        raise ConfigError("force_backward is not supported yet", source=path, field="force_backward")
     layers = raw.get("layer", raw.get("layers"))
     if not isinstance(layers, list) or not layers:
         raise ConfigError("needs a non-empty list 'layer' of layer mappings", source=path, field="layer")

@@ -64,10 +64,10 @@ class Solver:
     def apply_update(self):
         s = self.spec
         lr = self.learning_rate()
+        self._clip_gradients()  # on the summed gradient, before normalising (Caffe's order)
         if s.iter_size > 1:
             for p in self.params:
                 p.diff /= s.iter_size
-        self._clip_gradients()
         for k, p in enumerate(self.params):
             rate = lr * p.lr_mult
             decay = s.weight_decay * p.decay_mult
