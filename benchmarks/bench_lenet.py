@@ -18,6 +18,25 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def timed_phases(iters, before, forward, backward, update):
+    """Milliseconds per iteration of [forward, backward, update], averaged over
+    ``iters``; ``before`` runs untimed ahead of each iteration (e.g. fetching a batch)."""
+    totals = [0.0, 0.0, 0.0]
+    for _ in range(iters):
+        state = before()
+        t0 = time.perf_counter()
+        state = forward(state)
+        t1 = time.perf_counter()
+        backward(state)
+        t2 = time.perf_counter()
+        update()
+        t3 = time.perf_counter()
+        totals[0] += t1 - t0
+        totals[1] += t2 - t1
+        totals[2] += t3 - t2
+    return [1000 * t / iters for t in totals]
+
+
 def bench_wincaffe(net_path, iters):
     import numpy as np
     from wincaffe.solver import Solver
@@ -34,21 +53,12 @@ def bench_wincaffe(net_path, iters):
         net.forward_backward()
         solver.apply_update()
 
+    def update():
+        solver.apply_update()
+        solver.iter += 1
+
     def run():
-        tf = tb = tu = 0.0
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            net.forward()
-            t1 = time.perf_counter()
-            net.backward()
-            t2 = time.perf_counter()
-            solver.apply_update()
-            solver.iter += 1
-            t3 = time.perf_counter()
-            tf += t1 - t0
-            tb += t2 - t1
-            tu += t3 - t2
-        return [1000 * t / iters for t in (tf, tb, tu)]
+        return timed_phases(iters, lambda: None, lambda _: net.forward(), lambda _: net.backward(), update)
     return run
 
 
@@ -81,22 +91,12 @@ def bench_torch(iters):
         loss_fn(model(x), y).backward()
         opt.step()
 
+    def forward(xy):
+        opt.zero_grad(set_to_none=True)
+        return loss_fn(model(xy[0]), xy[1])
+
     def run():
-        tf = tb = tu = 0.0
-        for _ in range(iters):
-            x, y = batch()
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
-            opt.step()
-            t3 = time.perf_counter()
-            tf += t1 - t0
-            tb += t2 - t1
-            tu += t3 - t2
-        return [1000 * t / iters for t in (tf, tb, tu)]
+        return timed_phases(iters, batch, forward, lambda loss: loss.backward(), opt.step)
     return run
 
 
