@@ -202,26 +202,29 @@ class Net:
         self.params = [p for l in self.layers for p in l.params]
 
     # ----- running ------------------------------------------------------------------
+    def _forward_layer(self, i):
+        """Run layer ``i`` forward; returns its weighted loss contribution."""
+        layer, tops = self.layers[i], self.top_vecs[i]
+        layer.reshape(self.bottom_vecs[i], tops)
+        layer.forward(self.bottom_vecs[i], tops)
+        return sum(w * float(t.data.sum()) for t, w in zip(tops, self.loss_weights[i]) if w)
+
+    def _backward_layer(self, i):
+        """Run layer ``i`` backward, seeding its loss tops' diffs with their weights."""
+        for t, w in zip(self.top_vecs[i], self.loss_weights[i]):
+            if w:
+                t.diff[...] = w
+        self.layers[i].backward(self.top_vecs[i], self.propagate_down[i], self.bottom_vecs[i])
+
     def forward(self):
         """Run every layer forward; returns the weighted sum of the loss tops."""
-        loss = 0.0
-        for layer, bottoms, tops, weights in zip(self.layers, self.bottom_vecs, self.top_vecs, self.loss_weights):
-            layer.reshape(bottoms, tops)
-            layer.forward(bottoms, tops)
-            for t, w in zip(tops, weights):
-                if w:
-                    loss += w * float(t.data.sum())
-        return loss
+        return sum(self._forward_layer(i) for i in range(len(self.layers)))
 
     def backward(self):
         """Backpropagate from the loss tops; fills param and blob diffs."""
         for i in range(len(self.layers) - 1, -1, -1):
-            if not self.layer_needs_backward[i]:
-                continue
-            for t, w in zip(self.top_vecs[i], self.loss_weights[i]):
-                if w:
-                    t.diff[...] = w
-            self.layers[i].backward(self.top_vecs[i], self.propagate_down[i], self.bottom_vecs[i])
+            if self.layer_needs_backward[i]:
+                self._backward_layer(i)
 
     def forward_backward(self):
         loss = self.forward()
@@ -253,18 +256,13 @@ class Net:
         fwd, bwd = np.zeros(n), np.zeros(n)
         self.forward_backward()  # warm up (allocations, plans)
         for _ in range(iterations):
-            for i, (layer, b, t) in enumerate(zip(self.layers, self.bottom_vecs, self.top_vecs)):
+            for i in range(n):
                 t0 = time.perf_counter()
-                layer.reshape(b, t)
-                layer.forward(b, t)
+                self._forward_layer(i)
                 fwd[i] += time.perf_counter() - t0
             for i in range(n - 1, -1, -1):
-                if not self.layer_needs_backward[i]:
-                    continue
-                for t, w in zip(self.top_vecs[i], self.loss_weights[i]):
-                    if w:
-                        t.diff[...] = w
-                t0 = time.perf_counter()
-                self.layers[i].backward(self.top_vecs[i], self.propagate_down[i], self.bottom_vecs[i])
-                bwd[i] += time.perf_counter() - t0
+                if self.layer_needs_backward[i]:
+                    t0 = time.perf_counter()
+                    self._backward_layer(i)
+                    bwd[i] += time.perf_counter() - t0
         return fwd * 1000 / iterations, bwd * 1000 / iterations

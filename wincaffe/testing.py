@@ -31,11 +31,11 @@ def make_layer(layer_type, bottom_shapes, *, dtype=np.float64, seed=0, phase=TRA
     return layer, bottoms, tops
 
 
-def _loss_and_grads(layer, bottoms, tops, weights, propagate_down):
+def _weighted_output(layer, bottoms, tops, weights):
+    """L = Σ_i <top_i, R_i> after a fresh forward."""
     layer.reshape(bottoms, tops)
     layer.forward(bottoms, tops)
-    loss = sum(float((t.data * w).sum()) for t, w in zip(tops, weights))
-    return loss
+    return sum(float((t.data * w).sum()) for t, w in zip(tops, weights))
 
 
 def check_gradients(layer, bottoms, tops, *, check_bottoms=None, check_params=True, eps=1e-6,
@@ -67,9 +67,9 @@ def check_gradients(layer, bottoms, tops, *, check_bottoms=None, check_params=Tr
         for j in idx:
             old = flat[j]
             flat[j] = old + eps
-            lp = _loss_and_grads(layer, bottoms, tops, weights, propagate_down)
+            lp = _weighted_output(layer, bottoms, tops, weights)
             flat[j] = old - eps
-            lm = _loss_and_grads(layer, bottoms, tops, weights, propagate_down)
+            lm = _weighted_output(layer, bottoms, tops, weights)
             flat[j] = old
             numeric = (lp - lm) / (2 * eps)
             got = grad.reshape(-1)[j]
