@@ -7,6 +7,10 @@ With shuffle the order is a fresh permutation each epoch, drawn from the layer's
 own generator (seeded from the net's), and the cursor, permutation and generator
 are part of the solver snapshot so a resumed run sees the same batches.
 ``num_samples`` > 0 keeps only the first that many samples (quick experiments).
+``transform_param: {random_shift: s}`` (not in Caffe; TRAIN phase only) moves each
+image by a random integer offset (dy, dx) in [−s, s]², filling with zeros: the usual
+translation augmentation for MNIST. The offsets come from the layer's generator, so
+runs stay deterministic under the seed and resume exactly.
 """
 import json
 
@@ -26,7 +30,12 @@ class Data(Layer):
             shuffle=Field(bool, None),
             num_samples=Field(int, 0, min=0),
         ),
-        "transform_param": Block(scale=Field(float, 1.0), mean_value=Field(float, 0.0)),
+        "transform_param": Block(
+            scale=Field(float, 1.0),
+            mean_value=Field(float, 0.0),
+            random_shift=Field(int, 0, min=0,
+                               doc="TRAIN only: translate by a random offset in [-s, s] per axis"),
+        ),
     }
     num_bottoms = 0
     num_tops = (1, 2)
@@ -44,6 +53,10 @@ class Data(Layer):
         self.shuffle = (self.phase == TRAIN) if p.shuffle is None else p.shuffle
         t = self.block("transform_param")
         self.scale, self.mean = self.dtype.type(t.scale), self.dtype.type(t.mean_value)
+        self.random_shift = t.random_shift if self.phase == TRAIN else 0
+        if self.random_shift >= min(self.images.shape[-2:]):
+            raise self.error(f"random_shift {t.random_shift} must be smaller than the image "
+                             f"size {self.images.shape[-2:]}", field="transform_param.random_shift")
         self.own_rng = np.random.default_rng(self.rng.integers(2**63))
         self.cursor = 0
         self.order = self._new_order()
@@ -74,11 +87,26 @@ class Data(Layer):
     def forward(self, bottoms, tops):
         idx = self._next_indices()
         x = tops[0].data
-        np.multiply(self.images[idx], self.scale, out=x, casting="unsafe")
+        batch = self.images[idx]
+        if self.random_shift:
+            batch = self._shifted(batch)
+        np.multiply(batch, self.scale, out=x, casting="unsafe")
         if self.mean:
             x -= self.mean * self.scale
         if len(tops) > 1:
             tops[1].data[...] = self.labels[idx]
+
+    def _shifted(self, batch):
+        """(B, C, H, W) -> the same images, each translated by its own random (dy, dx)."""
+        s = self.random_shift
+        H, W = batch.shape[-2:]
+        padded = np.zeros(batch.shape[:-2] + (H + 2 * s, W + 2 * s), batch.dtype)
+        padded[..., s:s + H, s:s + W] = batch
+        offsets = self.own_rng.integers(0, 2 * s + 1, size=(len(batch), 2))
+        out = np.empty_like(batch)
+        for i, (oy, ox) in enumerate(offsets):     # out[i] = padded window at (oy, ox)
+            out[i] = padded[i, ..., oy:oy + H, ox:ox + W]
+        return out
 
     def get_state(self):
         return {"cursor": np.array(self.cursor), "order": self.order,

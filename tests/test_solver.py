@@ -100,6 +100,20 @@ def test_resume_is_bit_identical(toy, tmp_path, kind):
     assert straight.last_test == resumed.last_test
 
 
+def test_resume_with_random_shift_is_bit_identical(toy, tmp_path):
+    solver_path = toy(**{"batch_size: 8}, transform_param: {scale: 0.0625}":
+                         "batch_size: 8}, transform_param: {scale: 0.0625, random_shift: 2}"})
+    straight = Solver(solver_path, output_dir=str(tmp_path / "a"), progress=False)
+    straight.solve()
+    first = Solver(solver_path, output_dir=str(tmp_path / "b"), progress=False, max_iter=20)
+    first.solve()
+    resumed = Solver(solver_path, output_dir=str(tmp_path / "b"), progress=False)
+    resumed.solve(resume_from=str(tmp_path / "b" / "toy_iter_20.solverstate.npz"))
+    for a, b in zip(all_params(straight), all_params(resumed)):
+        np.testing.assert_array_equal(a, b)
+    assert "random_shift: 2" in (tmp_path / "net.yaml").read_text()
+
+
 def test_training_learns_toy_problem(toy, tmp_path):
     s = Solver(toy(), output_dir=str(tmp_path / "out"), progress=False)
     result = s.solve()
