@@ -2,12 +2,13 @@
 vs PyTorch (when installed) on the same thread count, batch 64, real MNIST batches.
 
     python benchmarks/bench_lenet.py --threads 1
-    python benchmarks/bench_lenet.py --threads 2 --net nets/lenet5_winograd.yaml
+    python benchmarks/bench_lenet.py --threads 1 --net nets/lenet5.yaml nets/lenet5_winograd.yaml
 
-Prints per-phase times, the per-epoch estimate (938 iterations) and the ratio
-PyTorch / wincaffe measured in this run (> 1 means wincaffe is faster).
-Each measurement is the median of --repeats blocks of --iters iterations,
-the two frameworks alternating so that load on a shared machine hits both.
+Prints per-phase times, the per-epoch estimate (938 iterations) and, measured in
+this run, the ratios PyTorch / wincaffe (> 1 means wincaffe is faster) and each
+net / the first --net. Each measurement is the median of --repeats blocks of
+--iters iterations, all runners alternating so that load on a shared machine
+hits every one of them alike.
 """
 import argparse
 import os
@@ -105,7 +106,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iters", type=int, default=50, help="iterations per timed block")
     ap.add_argument("--repeats", type=int, default=5, help="timed blocks per framework (median reported)")
-    ap.add_argument("--net", default=os.path.join(ROOT, "nets", "lenet5.yaml"))
+    ap.add_argument("--net", nargs="+", default=[os.path.join(ROOT, "nets", "lenet5.yaml")],
+                    help="one or more nets, timed in the same run")
     args = ap.parse_args(argv)
 
     from wincaffe.log import setup_logging
@@ -113,7 +115,8 @@ def main(argv=None):
     import logging
     setup_logging(logging.WARNING)
     set_num_threads(args.threads)
-    runners = {"wincaffe": bench_wincaffe(args.net, args.iters)}
+    runners = {os.path.relpath(net, ROOT): bench_wincaffe(net, args.iters) for net in args.net}
+    nets = list(runners)
     try:
         import torch
         torch.set_num_threads(args.threads)
@@ -126,17 +129,20 @@ def main(argv=None):
     for _ in range(args.repeats):
         for name, run in runners.items():
             results[name].append(run())
-    print(f"LeNet-5 training iteration, batch 64, {args.threads} thread(s), net {os.path.relpath(args.net, ROOT)}")
-    print(f"{'framework':<22}{'forward':>9}{'backward':>10}{'update':>9}{'total ms':>10}{'s/epoch':>9}")
+    width = max(22, max(len(n) for n in runners) + 2)
+    print(f"LeNet-5 training iteration, batch 64, {args.threads} thread(s)")
+    print(f"{'net / framework':<{width}}{'forward':>9}{'backward':>10}{'update':>9}{'total ms':>10}{'s/epoch':>9}")
     totals = {}
     for name, blocks in results.items():
         med = [statistics.median(b[i] for b in blocks) for i in range(3)]
         total = statistics.median(sum(b) for b in blocks)
         totals[name] = total
-        print(f"{name:<22}{med[0]:9.2f}{med[1]:10.2f}{med[2]:9.2f}{total:10.2f}{total * 938 / 1000:9.1f}")
-    others = [n for n in totals if n != "wincaffe"]
-    for n in others:
-        print(f"ratio {n} / wincaffe = {totals[n] / totals['wincaffe']:.2f} (> 1: wincaffe faster)")
+        print(f"{name:<{width}}{med[0]:9.2f}{med[1]:10.2f}{med[2]:9.2f}{total:10.2f}{total * 938 / 1000:9.1f}")
+    for other in (n for n in totals if n not in nets):
+        for net in nets:
+            print(f"ratio {other} / {net} = {totals[other] / totals[net]:.2f} (> 1: wincaffe faster)")
+    for net in nets[1:]:
+        print(f"ratio {net} / {nets[0]} = {totals[net] / totals[nets[0]]:.2f} (< 1: {net} faster)")
     return 0
 
 
