@@ -115,7 +115,10 @@ def main(argv=None):
     import logging
     setup_logging(logging.WARNING)
     set_num_threads(args.threads)
-    runners = {os.path.relpath(net, ROOT): bench_wincaffe(net, args.iters) for net in args.net}
+    names = [os.path.relpath(net, ROOT) for net in args.net]
+    if len(set(names)) != len(names):
+        ap.error(f"--net: a net is given twice: {' '.join(names)}")
+    runners = {name: bench_wincaffe(net, args.iters) for name, net in zip(names, args.net)}
     nets = list(runners)
     try:
         import torch

@@ -8,8 +8,9 @@ own generator (seeded from the net's), and the cursor, permutation and generator
 are part of the solver snapshot so a resumed run sees the same batches.
 ``num_samples`` > 0 keeps only the first that many samples (quick experiments).
 ``transform_param: {random_shift: s}`` (not in Caffe; TRAIN phase only) moves each
-image by a random integer offset (dy, dx) in [−s, s]², filling with zeros: the usual
-translation augmentation for MNIST. The offsets come from the layer's generator, so
+image by a random integer offset (dy, dx) in [−s, s]², filling with raw zeros (before
+``scale`` and ``mean_value``, so the fill is the background value): the usual
+translation augmentation for MNIST. One offset per image, the same for all its channels. The offsets come from the layer's generator, so
 runs stay deterministic under the seed and resume exactly.
 """
 import json
@@ -53,10 +54,10 @@ class Data(Layer):
         self.shuffle = (self.phase == TRAIN) if p.shuffle is None else p.shuffle
         t = self.block("transform_param")
         self.scale, self.mean = self.dtype.type(t.scale), self.dtype.type(t.mean_value)
-        self.random_shift = t.random_shift if self.phase == TRAIN else 0
-        if self.random_shift >= min(self.images.shape[-2:]):
+        if t.random_shift >= min(self.images.shape[-2:]):
             raise self.error(f"random_shift {t.random_shift} must be smaller than the image "
                              f"size {self.images.shape[-2:]}", field="transform_param.random_shift")
+        self.random_shift = t.random_shift if self.phase == TRAIN else 0
         self.own_rng = np.random.default_rng(self.rng.integers(2**63))
         self.cursor = 0
         self.order = self._new_order()
