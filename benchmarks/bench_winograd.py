@@ -47,9 +47,11 @@ if ARGS is not None and ARGS.blas_threads is not None:
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.blas_threads)
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import wincaffe  # noqa: E402,F401  (its thread-pool defaults must precede NumPy's OpenBLAS)
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from wincaffe._kernels.gemm import BACKEND as GEMM_BACKEND, batched_matmul  # noqa: E402
 from wincaffe.layer import layer_types  # noqa: E402
 from wincaffe.testing import make_layer  # noqa: E402
 
@@ -152,7 +154,7 @@ def bench_row(label, shape, K, r, pad, tile, repeat):
     a = layer.alpha
     U = layer._compute_U()
     M = np.empty((a * a, K, layer.NT), np.float32)
-    tg = best_ms(lambda: np.matmul(U, layer.V, out=M), repeat)
+    tg = best_ms(lambda: batched_matmul(U, layer.V, M), repeat)   # as the layer does it
     gflops = 2.0 * a * a * K * shape[1] * layer.NT / (tg * 1e-3) / 1e9
     cf_fn, cfb_fn, cname = make_conv(shape, K, r, pad, x, w, b)
     cf, cfb = best_ms(cf_fn, repeat), best_ms(cfb_fn, repeat)
@@ -176,7 +178,7 @@ def main(a):
     from wincaffe._kernels.threads import get_omp_threads
     from wincaffe._kernels.winograd import KERNELS
     print(f"WinogradConv benchmark, float32, best of {a.repeat}; threads: {pools}, OpenMP {get_omp_threads()}; "
-          f"cpus: {os.cpu_count()}; kernels: {KERNELS}")
+          f"cpus: {os.cpu_count()}; kernels: {KERNELS}; batched GEMMs: {GEMM_BACKEND}")
     try:
         import torch  # noqa: F401
         has_torch = True

@@ -47,7 +47,9 @@ into the tiling kernels (``product_transform_scatter``: M per work item, consume
 the output transform in cache; ``gather_transform_grads``: dM per work item, reduced
 to dU and dV in cache); same equations, M and dM are never stored whole.
 
-Tile columns of the (α², ·, N·T) arrays are ordered (ty, n, tx); weights are
+The α² products go through :func:`wincaffe._kernels.gemm.batched_matmul` (shared
+among the OpenMP threads when that pays). Tile columns of the (α², ·, N·T) arrays
+are ordered (ty, n, tx); weights are
 transformed for all K·C kernels by one GEMM with G ⊗ G (α², r²).
 The math lives in :mod:`wincaffe.transforms.winograd` (matrices) and
 :mod:`wincaffe._kernels.winograd_tiles` (tiling + transforms, through the CPU
@@ -55,6 +57,7 @@ dispatch in :mod:`wincaffe._kernels.winograd`); this module is bookkeeping.
 """
 import numpy as np
 
+from wincaffe._kernels.gemm import batched_matmul
 from wincaffe._kernels.winograd import (gather_transform, gather_transform_grads,
                                        product_transform_scatter, transform_scatter)
 from wincaffe.conv_geometry import conv_output_shape, require_4d, require_unit_stride
@@ -244,7 +247,7 @@ class WinogradConv(Layer):
             product_transform_scatter(U, self.V, self._A, self.m, 0, self.th, self.tw, tops[0].data, bias)
             return
         M = _workspace("M", (a * a, K, self.NT), self.dtype)
-        np.matmul(U, self.V, out=M)
+        batched_matmul(U, self.V, M)
         transform_scatter(M, self._A, self.m, 0, self.th, self.tw, tops[0].data, bias)
 
     def backward(self, tops, propagate_down, bottoms):
@@ -259,7 +262,7 @@ class WinogradConv(Layer):
         else:
             dM = _workspace("M", (a * a, K, self.NT), self.dtype)
             gather_transform(dy, self._A, self.m, 0, self.th, self.tw, dM)      # dM = A dY Aᵀ
-            np.matmul(dM, self.V.transpose(0, 2, 1), out=dU)                      # dU = dM Vᵀ
+            batched_matmul(dM, self.V, dU, trans_b=True)                          # dU = dM Vᵀ
         dU2 = dU.reshape(a * a, K * C)                                           # dL/dU, (α², K·C)
         w = self.params[0]
         if self.weights_mode == "winograd":
@@ -278,7 +281,7 @@ class WinogradConv(Layer):
         if propagate_down[0]:
             if not fused:
                 dV = _workspace("dV", (a * a, C, self.NT), self.dtype)
-                np.matmul(self._U.transpose(0, 2, 1), dM, out=dV)                 # dV = Uᵀ dM
+                batched_matmul(self._U, dM, dV, trans_a=True)                     # dV = Uᵀ dM
             if self.winograd_relu:                                                # ReLU(V)'s gradient
                 pos = _workspace("pos", self.V.shape, np.bool_)
                 np.greater(self.V, 0, out=pos)
