@@ -8,10 +8,11 @@ own generator (seeded from the net's), and the cursor, permutation and generator
 are part of the solver snapshot so a resumed run sees the same batches.
 ``num_samples`` > 0 keeps only the first that many samples (quick experiments).
 ``transform_param: {random_shift: s}`` (not in Caffe; TRAIN phase only) moves each
-image by a random integer offset (dy, dx) in [−s, s]², filling with raw zeros (before
-``scale`` and ``mean_value``, so the fill is the background value): the usual
-translation augmentation for MNIST. One offset per image, the same for all its channels. The offsets come from the layer's generator, so
-runs stay deterministic under the seed and resume exactly.
+image by a random integer offset (dy, dx) in [−s, s]², one per image for all its
+channels, filling with raw zeros (before ``scale`` and ``mean_value``, so the fill is
+the background value): the usual translation augmentation for MNIST. The offsets
+come from the layer's generator, so runs stay deterministic under the seed and
+resume exactly.
 """
 import json
 
