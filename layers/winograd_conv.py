@@ -80,8 +80,9 @@ _WORKSPACES = {}
 def _workspace(tag, shape, dtype):
     key = (tag, tuple(shape), np.dtype(dtype))
     buf = _WORKSPACES.get(key)
-    if buf is None:
-        buf = _WORKSPACES[key] = np.empty(shape, dtype)
+    if buf is None:   # NaN at creation: a kernel that fails to write its output shows up
+        fill = np.nan if np.issubdtype(dtype, np.floating) else 0
+        buf = _WORKSPACES[key] = np.full(shape, fill, dtype)
     return buf
 
 

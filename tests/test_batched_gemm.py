@@ -48,12 +48,29 @@ def test_empty_inner_dimension_gives_zeros(two_threads):
     np.testing.assert_array_equal(out, 0)
 
 
-def test_shape_mismatch_is_a_clear_error():
-    a, b = operands(np.float64)
+@pytest.mark.parametrize("a_shape, b_shape, out_shape, trans", [
+    ((5, 7, 5), (6, 5, 9), (6, 7, 9), (False, False)),    # a's batch
+    ((6, 7, 5), (5, 5, 9), (6, 7, 9), (False, False)),    # b's batch
+    ((6, 7, 5), (6, 5, 9), (5, 7, 9), (False, False)),    # out's batch
+    ((6, 7, 5), (6, 5, 9), (6, 7, 8), (False, False)),    # n
+    ((6, 7, 5), (6, 9, 4), (6, 7, 9), (False, True)),     # k under trans_b
+    ((6, 5, 6), (6, 5, 9), (6, 7, 9), (True, False)),     # m under trans_a (k matches)
+    ((6, 7, 5), (6, 5, 9), (6, 7, 9), (True, False)),     # a not transposed as claimed
+])
+def test_shape_mismatch_is_a_clear_error(a_shape, b_shape, out_shape, trans):
     with pytest.raises(ValueError, match="does not give out"):
-        omp_batched_matmul(a, b, np.empty((6, 7, 8)))
-    with pytest.raises(ValueError, match="does not give out"):
-        omp_batched_matmul(a, b, np.empty((6, 7, 9)), True, False)
+        omp_batched_matmul(np.ones(a_shape), np.ones(b_shape), np.empty(out_shape), *trans)
+
+
+def test_dispatcher_falls_back_to_matmul_for_odd_arrays(two_threads):
+    a, b = operands(np.float64, m=5, k=5)
+    expected = a @ b[:, :, :5]
+    np.testing.assert_allclose(gemm.batched_matmul(a, b[:, :, :5], np.empty((6, 5, 5))), expected)
+    np.testing.assert_allclose(gemm.batched_matmul(a.astype(np.float32), b[:, :, :5],
+                                                   np.empty((6, 5, 5))), expected, rtol=1e-5, atol=1e-6)
+    square = a.copy()
+    gemm.batched_matmul(square, b[:, :5, :5].copy(), square)          # out is an input
+    np.testing.assert_allclose(square, a @ b[:, :5, :5])
 
 
 def test_scipy_blas_stays_at_one_thread_after_set_num_threads():

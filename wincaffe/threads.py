@@ -13,10 +13,10 @@ def set_num_threads(n):
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(limits=n, user_api="blas")
-        from wincaffe._kernels.gemm import pin_scipy_blas
-        pin_scipy_blas()            # SciPy's BLAS stays at 1: OpenMP threads share its calls
     except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's usual installs
         os.environ["OPENBLAS_NUM_THREADS"] = str(n)
+    from wincaffe._kernels.gemm import pin_scipy_blas
+    pin_scipy_blas()                # SciPy's BLAS stays at 1: OpenMP threads share its calls
     os.environ["OMP_NUM_THREADS"] = str(n)
 
 

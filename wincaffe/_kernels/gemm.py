@@ -31,26 +31,27 @@ def _find_scipy_pool():
         import scipy
         import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS)
         from threadpoolctl import ThreadpoolController
-    except ImportError:
+        ctl = ThreadpoolController().select(user_api="blas")
+    except Exception:   # no threadpoolctl, or it cannot inspect this process: plain matmul
         return None
-    ctl = ThreadpoolController().select(user_api="blas")
-    roots = {name: os.path.dirname(os.path.realpath(mod.__file__)) for name, mod in
-             (("scipy", scipy), ("numpy", np))}
+    root = os.path.dirname(os.path.realpath(scipy.__file__))   # .../site-packages/scipy
 
-    def owned_by(info, name):
+    def in_scipy(info):   # scipy/ itself (.dylibs on macOS) or the wheel's scipy.libs/
         path = os.path.realpath(info.get("filepath", ""))
-        return path.startswith(roots[name] + os.sep) or path.startswith(roots[name] + ".libs" + os.sep)
+        return path.startswith(root + os.sep) or path.startswith(root + ".libs" + os.sep)
 
-    infos = ctl.info()
-    scipy_paths = [i["filepath"] for i in infos if owned_by(i, "scipy")]
-    numpy_paths = {i["filepath"] for i in infos if owned_by(i, "numpy")}
-    if len(scipy_paths) != 1 or scipy_paths[0] in numpy_paths:
+    scipy_paths = [i["filepath"] for i in ctl.info() if in_scipy(i)]
+    if len(scipy_paths) != 1:   # a BLAS inside SciPy's folders cannot be NumPy's too
         return None
     return ctl.select(filepath=scipy_paths[0])
 
 
 def pin_scipy_blas():
-    """Keep SciPy's BLAS at one thread (the OpenMP threads call it concurrently)."""
+    """Keep SciPy's BLAS at one thread (the OpenMP threads call it concurrently).
+
+    A global ``threadpoolctl.threadpool_limits(n)`` outside wincaffe lifts the pin;
+    results stay correct (OpenBLAS serves concurrent callers) but the products run
+    ~1.7× slower until this is called again (``set_num_threads`` does)."""
     if _scipy_pool is not None:
         _scipy_pool.limit(limits=1)
 
@@ -71,10 +72,19 @@ if os.environ.get("WINCAFFE_BATCHED_GEMM", "") != "numpy":
 OMP_MAX_MACS = 1 << 23
 
 
+def _fits_kernel(a, b, out):
+    """The OpenMP kernel takes three C-contiguous 3-D arrays of one float dtype, out
+    not overlapping the inputs; anything else goes to np.matmul."""
+    return (a.dtype == b.dtype == out.dtype and a.dtype in (np.float32, np.float64)
+            and a.ndim == b.ndim == out.ndim == 3
+            and a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous
+            and not np.shares_memory(out, a) and not np.shares_memory(out, b))
+
+
 def batched_matmul(a, b, out, trans_a=False, trans_b=False):
     """out[p] = op(a[p]) @ op(b[p]); a, b, out C-contiguous 3-D arrays of one dtype
     (float32 or float64), op(x) = xᵀ when its flag is set."""
-    if (BACKEND != "numpy" and a.dtype == b.dtype == out.dtype and a.dtype in (np.float32, np.float64)
+    if (BACKEND != "numpy" and _fits_kernel(a, b, out)
             and out.shape[1] * out.shape[2] * (a.shape[1] if trans_a else a.shape[2]) <= OMP_MAX_MACS
             and get_omp_threads() > 1):
         _omp_batched_matmul(a, b, out, trans_a, trans_b)
