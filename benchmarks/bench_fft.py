@@ -52,6 +52,7 @@ from wincaffe.config import read_yaml  # noqa: E402
 from wincaffe.layer import Blob, layer_types  # noqa: E402
 from wincaffe.net import Net  # noqa: E402
 from wincaffe.testing import make_layer  # noqa: E402
+from torch_reference import conv2d_closures  # noqa: E402  (benchmarks/, beside this script)
 
 
 # ----- the NumPy reference: im2col + one matmul ----------------------------------------
@@ -135,24 +136,15 @@ def _im2col_times(shape, K, k, pad, need_dx, repeat):
 
 
 def _torch_times(shape, K, k, pad, need_dx, repeat, threads):
-    try:
-        import torch
-    except ImportError:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((K, shape[1], k, k)).astype(np.float32)
+    closures = conv2d_closures(x, w, np.zeros(K, np.float32), pad, need_dx)
+    if closures is None:
         return None
+    import torch
     torch.set_num_threads(threads)
-    x = torch.randn(*shape, requires_grad=need_dx)
-    w = torch.randn(K, shape[1], k, k, requires_grad=True)
-    b = torch.zeros(K, requires_grad=True)
-
-    def fwd():
-        with torch.no_grad():
-            torch.nn.functional.conv2d(x, w, b, padding=pad)
-
-    def fwd_bwd():
-        y = torch.nn.functional.conv2d(x, w, b, padding=pad)
-        y.backward(torch.ones_like(y))
-
-    return _best_ms(fwd, repeat), _best_ms(fwd_bwd, repeat)
+    return _best_ms(closures[0], repeat), _best_ms(closures[1], repeat)
 
 
 def _fmt(t):

@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 from wincaffe._kernels.gemm import BACKEND as GEMM_BACKEND, batched_matmul  # noqa: E402
 from wincaffe.layer import layer_types  # noqa: E402
 from wincaffe.testing import make_layer  # noqa: E402
+from torch_reference import conv2d_closures  # noqa: E402  (benchmarks/, beside this script)
 
 
 def best_ms(fn, repeat):
@@ -120,24 +121,6 @@ def make_conv(shape, K, r, pad, x, w, b):
     return ref.forward, fb, "im2col"
 
 
-def make_torch(x, w, b, pad):
-    try:
-        import torch
-    except Exception:
-        return None
-    tx = torch.from_numpy(x).requires_grad_(True)
-    tw, tb = torch.from_numpy(w).requires_grad_(True), torch.from_numpy(b).requires_grad_(True)
-
-    def f():
-        with torch.no_grad():
-            torch.nn.functional.conv2d(tx, tw, tb, padding=pad)
-
-    def fb():
-        y = torch.nn.functional.conv2d(tx, tw, tb, padding=pad)
-        y.backward(torch.ones_like(y))
-    return f, fb
-
-
 def bench_row(label, shape, K, r, pad, tile, repeat):
     layer, bottoms, tops = make_layer("WinogradConv", [shape], dtype=np.float32, seed=0,
                                       convolution_param={"num_output": K, "kernel_size": r, "pad": pad},
@@ -160,7 +143,7 @@ def bench_row(label, shape, K, r, pad, tile, repeat):
     cf, cfb = best_ms(cf_fn, repeat), best_ms(cfb_fn, repeat)
     row = (f"{label:<26} F({tile},{r})  {wf:8.2f} {wb:8.2f} | {cf:8.2f} {cfb:8.2f} | "
            f"{cf / wf:5.2f}x {cfb / wb:5.2f}x | {tg:7.2f} {gflops:6.1f} {100 * (1 - tg / wf):5.0f}%")
-    t = make_torch(x, w, b, pad)
+    t = conv2d_closures(x, w, b, pad)
     if t is not None:
         tf, tfb = best_ms(t[0], repeat), best_ms(t[1], repeat)
         row += f" | {tf:8.2f} {tfb:8.2f} {tf / wf:5.2f}x"
