@@ -84,9 +84,8 @@ def _fits_kernel(a, b, out):
 def batched_matmul(a, b, out, trans_a=False, trans_b=False):
     """out[p] = op(a[p]) @ op(b[p]); a, b, out C-contiguous 3-D arrays of one dtype
     (float32 or float64), op(x) = xᵀ when its flag is set."""
-    if (BACKEND != "numpy" and _fits_kernel(a, b, out)
-            and out.shape[1] * out.shape[2] * (a.shape[1] if trans_a else a.shape[2]) <= OMP_MAX_MACS
-            and get_omp_threads() > 1):
+    if (BACKEND != "numpy" and get_omp_threads() > 1 and _fits_kernel(a, b, out)
+            and out.shape[1] * out.shape[2] * (a.shape[1] if trans_a else a.shape[2]) <= OMP_MAX_MACS):
         _omp_batched_matmul(a, b, out, trans_a, trans_b)
         return out
     return np.matmul(a.transpose(0, 2, 1) if trans_a else a,
