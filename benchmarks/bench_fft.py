@@ -9,7 +9,7 @@ kernels 5×5) at batch 64, then 32 → 32 channels on 64×64 inputs (pad k//2) w
 (best of ``--repeat`` runs) for forward (F) and forward + backward (F+B) of
 
     fft      FFTConv (``--backend``, ``--fft-size``; weights: spatial). ``auto`` is
-             the default here: it equals seed 002's linear size for LeNet (32, 16)
+             the default here: it equals Liu & Turakhia's linear size for LeNet (32, 16)
              but avoids 68 = 4·17 and 76 = 4·19 on the 64×64 rows.
     im2col   a plain NumPy im2col + matmul reference conv (in this file)
     conv     the framework's ``Convolution`` layer, if registered
@@ -18,7 +18,7 @@ kernels 5×5) at batch 64, then 32 → 32 channels on 64×64 inputs (pad k//2) w
 and fft/im2col, fft/conv ratios. LeNet conv1 backward skips the input gradient,
 as in training (its bottom is the data). The last block times a whole LeNet-5
 training iteration (forward + backward, Input layers instead of MNIST) with
-Convolution vs FFTConv — the seed 002 §4.2 experiment, whose Theano version took
+Convolution vs FFTConv — the experiment of Liu & Turakhia, §4.2, whose Theano version took
 12 hours per retraining epoch. ``--threads`` sets the FFT threads and, before
 NumPy is imported, the BLAS threads.
 """

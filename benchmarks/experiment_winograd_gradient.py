@@ -1,4 +1,4 @@
-"""Seed 000, section 3-4: training Winograd-domain weights Q with the raw gradient
+"""The gradient note, section 3-4: training Winograd-domain weights Q with the raw gradient
 dL/dQ needs a far smaller learning rate than with the preconditioned gradient
 (G Gᵀ) dL/dQ (G Gᵀ) (eq. 18).
 

@@ -1,5 +1,5 @@
 """FFTConv: stride-1 convolution (Caffe's cross-correlation) through real 2-D FFTs,
-with an optional pruning mask on the kernel's spectrum (seed 002 §3.1 eq. 1, §4.2).
+with an optional pruning mask on the kernel's spectrum (Liu & Turakhia, §3.1 eq. 1, §4.2).
 
 bottom x (N, C, H, W) -> top y (N, K, Ho, Wo), Ho = H + 2·pad − k + 1 (same for W).
 
@@ -24,7 +24,7 @@ With M = 1 the output equals the direct correlation to float tolerance.
                                  convolution computed by FFT.
               spatial_masked     param 0 = W; M (K, C, Fh, Fw') in ``self.spectral_mask``
                                  (ones until ``set_spectral_mask``); G ⊙ M recomputed from W
-                                 every forward, gradients flow to W (seed 002 §4.2 retrains
+                                 every forward, gradients flow to W (Liu & Turakhia, §4.2 retrains
                                  in the time domain).
               spectral           param 0 = S (K, C, Fh, Fw', 2): G's real and imaginary parts,
                                  initialised as rfft2 of the filler's kernel. Pruning mask
@@ -32,7 +32,7 @@ With M = 1 the output equals the direct correlation to float tolerance.
                                  Components of S that irfft2 ignores (the anti-Hermitian part
                                  of the v = 0 and v = Fw/2 columns) get an exactly zero gradient.
                                  Weight decay acts on S (≠ decay on W).
-    fft_size  linear (default)   Fh = H + 2·pad + k − 1: seed 002's size (LeNet masks
+    fft_size  linear (default)   Fh = H + 2·pad + k − 1: Liu & Turakhia's size (LeNet masks
                                  20×1×32×17 and 50×20×16×9)
               auto               linear, rounded up to a fast FFT size of the backend
               min                H + 2·pad rounded up to a fast size: the smallest exact one
@@ -55,12 +55,12 @@ the c2r, the mask and the r2c):
 
 With a mask (or spectral weights) the effective kernel F⁻¹(G ⊙ M) is no longer
 supported on k × k: it fills the canvas, and the layer computes the circular
-correlation on the Fh × Fw canvas that seed 002's eq. (1) describes ("only
+correlation on the Fh × Fw canvas that Liu & Turakhia's eq. (1) describes ("only
 approximate" to the unpruned convolution), cropped to Ho × Wo. The FFT size is
 therefore part of the model once pruned.
 
 Pruning API (as WinogradConv's): ``spectrum(masked=True)`` → rfft2(W) ⊙ M complex
-(K, C, Fh, Fw'), the values seed 002 prunes by modulus; ``spectral_mask``;
+(K, C, Fh, Fw'), the values Liu & Turakhia prune by modulus; ``spectral_mask``;
 ``set_spectral_mask(mask)``. The spatial_masked mask is a layer buffer: saved in
 weights files and shared with the TEST net (spectral: ``Param.mask`` does both).
 
@@ -110,7 +110,7 @@ class FFTSizeField(Field):
 FFT_PARAM = Block(
     weights=Field(str, "spatial", choices=WEIGHTS,
                   doc="learnable weights: spatial W, spatial W + spectral mask, or the spectrum itself"),
-    fft_size=FFTSizeField(doc="FFT canvas size: linear (H+2p+k-1, seed 002), auto, min or [Fh, Fw]"),
+    fft_size=FFTSizeField(doc="FFT canvas size: linear (H+2p+k-1, Liu & Turakhia), auto, min or [Fh, Fw]"),
     backend=Field(str, "pyfftw", choices=fft.BACKENDS, doc="FFT library"),
     threads=Field(int, 1, min=1, doc="FFT threads"),
 )
@@ -181,7 +181,7 @@ class FFTConv(Layer):
     @property
     def spectral_mask(self):
         """The 0/1 mask M (K, C, Fh, Fw//2 + 1) on the kernel's half spectrum
-        (seed 002 §4.2), or None for ``weights: spatial``."""
+        (Liu & Turakhia, §4.2), or None for ``weights: spatial``."""
         if self.weights_mode == "spatial_masked":
             return self.buffers["spectral_mask"]
         if self.weights_mode == "spectral":
@@ -212,7 +212,7 @@ class FFTConv(Layer):
 
     def spectrum(self, masked=True):
         """The kernel's half spectrum rfft2(W) (K, C, Fh, Fw//2 + 1), complex, ⊙ M if
-        ``masked``: what seed 002 prunes by modulus. A new array."""
+        ``masked``: what Liu & Turakhia prune by modulus. A new array."""
         if self.weights_mode == "spectral":
             G = self._spectral_param().copy()
         else:

@@ -8,7 +8,7 @@ Tiles: the padded input is cut into α×α tiles (α = m + r − 1) at stride m,
 th × tw = ⌈Ho/m⌉ × ⌈Wo/m⌉ tiles per image (T = th·tw); the last tile row and
 column reach past the output and are cropped.
 
-Forward (seed 000 eq. 1; seed 002 eq. 2; seed 001 Fig. 1c):
+Forward (the gradient note, eq. 1; Liu & Turakhia, eq. 2; Liu et al., Fig. 1c):
     V = Bᵀ d B                  (α², C, N·T)   per tile and channel [ReLU(V) if winograd_relu]
     U                           (α², K, C)     from the weights, see below
     M[ξ] = U[ξ] @ V[ξ]          (α², K, N·T)   α² GEMMs over the whole batch
@@ -21,14 +21,14 @@ Backward:
 
 Weights (``winograd_param.weights``):
     spatial         param 0 = W (K, C, r, r); U = G W Gᵀ;  dW = Gᵀ dU G.
-    spatial_masked  param 0 = W; U = (G W Gᵀ) ⊙ mask (seed 002 eq. 2), mask (K, C, α, α)
+    spatial_masked  param 0 = W; U = (G W Gᵀ) ⊙ mask (Liu & Turakhia, eq. 2), mask (K, C, α, α)
                     the layer buffer ``winograd_mask`` (saved in weights files, shared
                     with the TEST net; all ones until pruning); dW = Gᵀ (dU ⊙ mask) G.
-    winograd        param 0 = Q (K, C, α, α) = G W₀ Gᵀ at init (seed 000 eq. 3);
+    winograd        param 0 = Q (K, C, α, α) = G W₀ Gᵀ at init (the gradient note, eq. 3);
                     U = Q. ``gradient: raw`` stores dL/dQ in Param.diff,
                     ``gradient: preconditioned`` stores (G Gᵀ) dL/dQ (G Gᵀ)
-                    (seed 000 eq. 18), so the solver's λQ weight decay makes the
-                    update seed 000 eq. 27. dL/dQ is always in ``self.raw_weight_grad``.
+                    (the gradient note, eq. 18), so the solver's λQ weight decay makes the
+                    update the gradient note, eq. 27. dL/dQ is always in ``self.raw_weight_grad``.
                     Pruning: ``Param.mask`` on Q (the solver keeps masked entries zero).
 Param 1 = bias (K,) when ``bias_term``. ``raw_weight_grad`` is dL/dW (spatial
 modes) or dL/dQ (winograd), for gradient checks.
@@ -38,7 +38,7 @@ Pruning API: ``winograd_mask`` (property), ``set_winograd_mask(mask)``,
 Other attributes: ``m``, ``r``, ``alpha``, ``pad``, ``transform`` (the
 :class:`~wincaffe.transforms.winograd.WinogradTransform`), ``AT, G, BT`` (in the
 layer dtype), ``V`` (the last forward's transformed input, (α², C, N·T), after
-the Winograd-ReLU: its density is the activation density of seed 001 Fig. 3).
+the Winograd-ReLU: its density is the activation density of Liu et al., Fig. 3).
 
 Few input channels (C ≤ ``FUSED_MAX_C``, e.g. a 1-channel image): the α² "GEMMs" have
 inner dimension C (an outer product for C = 1) and the cost is moving M / dM
@@ -102,11 +102,11 @@ class WinogradConv(Layer):
                               "transform-domain mask, or Q in the Winograd domain"),
             gradient=Field(str, "preconditioned", choices=GRADIENTS,
                            doc="for weights: winograd, what goes into Param.diff: dL/dQ or "
-                               "(G Gᵀ) dL/dQ (G Gᵀ) (seed 000 eq. 18)"),
+                               "(G Gᵀ) dL/dQ (G Gᵀ) (the gradient note, eq. 18)"),
             points=Field((int, float, str), None, list_of=True,
                          doc="α − 1 finite interpolation points (infinity is added) or α points; "
                              "strings like '1/2' are exact"),
-            winograd_relu=Field(bool, False, doc="ReLU on V = Bᵀ d B (seed 001 Fig. 1c)"),
+            winograd_relu=Field(bool, False, doc="ReLU on V = Bᵀ d B (Liu et al., Fig. 1c)"),
         ),
     }
     num_bottoms = 1
@@ -134,7 +134,7 @@ class WinogradConv(Layer):
         self.AT, self.G, self.BT = AT, G, BT
         self._A = np.ascontiguousarray(AT.T)       # (α, m): L of the output-side kernels
         self._BT = np.ascontiguousarray(BT)        # (α, α): L of the input-side kernels
-        self.GGT = self.transform.GGT(self.dtype)  # (α, α), seed 000 eq. 18
+        self.GGT = self.transform.GGT(self.dtype)  # (α, α), the gradient note, eq. 18
         # Per-kernel transforms of the weights as one GEMM over all K·C kernels each:
         # vec(G W Gᵀ) = (G ⊗ G) vec(W); vec(Gᵀ dU G) = (G ⊗ G)ᵀ vec(dU);
         # vec((G Gᵀ) dQ (G Gᵀ)) = (G Gᵀ ⊗ G Gᵀ) vec(dQ). Row-major vec, small matrices.
@@ -186,7 +186,7 @@ class WinogradConv(Layer):
         """Install a 0/1 transform-domain mask (K, C, α, α) (None: no pruning).
 
         spatial_masked: written in place into the ``winograd_mask`` buffer (so a TEST
-        net sharing it sees it too), applied to G W Gᵀ in every forward (seed 002).
+        net sharing it sees it too), applied to G W Gᵀ in every forward (Liu & Turakhia).
         winograd: installed as ``Param.mask`` of Q (the masked entries of Q are
         zeroed now and kept zero by the solver). spatial: a ConfigError.
         """
@@ -234,7 +234,7 @@ class WinogradConv(Layer):
         else:
             np.matmul(self._GG, data.reshape(K * C, -1).T, out=U2)               # U = G W Gᵀ
             if self.winograd_mask is not None:
-                U2 *= self.winograd_mask.reshape(K * C, a * a).T                 # ⊙ mask, seed 002 eq. 2
+                U2 *= self.winograd_mask.reshape(K * C, a * a).T                 # ⊙ mask, Liu & Turakhia, eq. 2
         return self._U
 
     def forward(self, bottoms, tops):
@@ -268,7 +268,7 @@ class WinogradConv(Layer):
         w = self.params[0]
         if self.weights_mode == "winograd":
             self.raw_weight_grad = np.ascontiguousarray(dU2.T).reshape(K, C, a, a)  # dL/dQ
-            if self.gradient_mode == "preconditioned":                            # seed 000, eq. 18
+            if self.gradient_mode == "preconditioned":                            # the gradient note, eq. 18
                 np.matmul(dU2.T, self._PP, out=w.diff.reshape(K * C, a * a))
             else:
                 np.copyto(w.diff, self.raw_weight_grad)

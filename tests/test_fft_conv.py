@@ -1,7 +1,7 @@
-"""FFTConv (seed 002 §3.1 eq. 1, §4.2) and the FFT backends of wincaffe.transforms.fft.
+"""FFTConv (Liu & Turakhia, §3.1 eq. 1, §4.2) and the FFT backends of wincaffe.transforms.fft.
 
 References written plainly here: a direct correlation (conftest.reference_correlation,
-scipy.signal per (n, k, c)) and seed 002's F⁻¹(F(f)·F(g)·M) with numpy.fft.
+scipy.signal per (n, k, c)) and Liu & Turakhia's F⁻¹(F(f)·F(g)·M) with numpy.fft.
 """
 import sys
 import warnings
@@ -75,7 +75,7 @@ def test_every_fft_size_rule_is_exact(size):
 
 
 def test_fft_sizes_follow_seed002_lenet():
-    """Seed 002 §4.2: masks 20×1×32×17 (conv1) and 50×20×16×9 (conv2)."""
+    """Liu & Turakhia, §4.2: masks 20×1×32×17 (conv1) and 50×20×16×9 (conv2)."""
     conv1 = conv((1, 1, 28, 28), 20, 5)[0]
     conv2 = conv((1, 20, 12, 12), 50, 5)[0]
     assert conv1.spectrum_shape == (20, 1, 32, 17)
@@ -95,7 +95,7 @@ def test_large_spectra_use_the_staged_layout(monkeypatch):
     check_gradients(layer, bottoms, tops, max_checks=20)
 
 
-# ----- the masked forward is seed 002's eq. (1) -----------------------------------------------
+# ----- the masked forward is Liu & Turakhia's eq. (1) -----------------------------------------------
 
 @pytest.mark.parametrize("weights", ["spatial_masked", "spectral"])
 @pytest.mark.parametrize("C", [1, 3])

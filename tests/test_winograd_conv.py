@@ -1,4 +1,4 @@
-"""The WinogradConv layer: gradients, forward against direct correlation, the seed 000
+"""The WinogradConv layer: gradients, forward against direct correlation, the gradient note
 identity (preconditioned SGD on Q == SGD on W), masks, Winograd-ReLU, errors."""
 import numpy as np
 import pytest
@@ -106,7 +106,7 @@ def test_all_parametrizations_compute_the_same_convolution():
     sp, b, t = wconv(shape, K, r, pad=1, tile=4, weights="spatial")
     sm, _, t2 = wconv(shape, K, r, pad=1, tile=4, weights="spatial_masked")
     wq, _, t3 = wconv(shape, K, r, pad=1, tile=4, weights="winograd")
-    # same seed -> same W0; Q0 = G W0 Gᵀ (seed 000, Q = G W Gᵀ)
+    # same seed -> same W0; Q0 = G W0 Gᵀ (the gradient note, Q = G W Gᵀ)
     G = transform(4, 3).matrices()[1]
     np.testing.assert_allclose(sm.params[0].data, sp.params[0].data)
     np.testing.assert_allclose(wq.params[0].data, G @ sp.params[0].data @ G.T, atol=1e-14)
@@ -139,7 +139,7 @@ def test_spatial_mask_equals_pruned_winograd_weights():
 
 @pytest.mark.parametrize("tile,r,relu", [(2, 3, False), (4, 3, True), (4, 5, False), (6, 3, False)])
 def test_seed_000_preconditioned_step_on_Q_equals_step_on_W(tile, r, relu):
-    """seed 000 eq. 15-19: Q₀ = G W₀ Gᵀ, Q₁ = Q₀ − lr·(G Gᵀ) dL/dQ (G Gᵀ) == G W₁ Gᵀ with
+    """The gradient note, eq. 15-19: Q₀ = G W₀ Gᵀ, Q₁ = Q₀ − lr·(G Gᵀ) dL/dQ (G Gᵀ) == G W₁ Gᵀ with
     W₁ = W₀ − lr·dL/dW, for the same batch and the same top diff (plain SGD, by hand)."""
     shape, K, lr = (2, 3, 9, 11), 4, 0.1
     sp, b, t = wconv(shape, K, r, pad=1, tile=tile, weights="spatial", relu=relu)
@@ -155,10 +155,10 @@ def test_seed_000_preconditioned_step_on_Q_equals_step_on_W(tile, r, relu):
     W1 = W0 - lr * sp.params[0].diff
     Q1 = wq.params[0].data - lr * wq.params[0].diff
     np.testing.assert_allclose(Q1, G @ W1 @ G.T, rtol=1e-12, atol=1e-12)
-    # raw dL/dQ would not do this (the update-step explosion of seed 000 section 3)
+    # raw dL/dQ would not do this (the update-step explosion of the gradient note, section 3)
     Q1_raw = wq.params[0].data - lr * wq.raw_weight_grad
     assert not np.allclose(Q1_raw, G @ W1 @ G.T, atol=1e-6)
-    # and the weight decay term: (G Gᵀ)(λ G W Gᵀ ... ) is λQ (seed 000 eq. 24): G (λ W) Gᵀ = λ Q
+    # and the weight decay term: (G Gᵀ)(λ G W Gᵀ ... ) is λQ (the gradient note, eq. 24): G (λ W) Gᵀ = λ Q
     np.testing.assert_allclose(G @ (0.01 * W0) @ G.T, 0.01 * wq.params[0].data, atol=1e-14)
 
 

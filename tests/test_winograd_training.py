@@ -1,4 +1,4 @@
-"""Seed 000's claim on real MNIST: Winograd-domain weights trained with the raw gradient
+"""The gradient note's claim on real MNIST: Winograd-domain weights trained with the raw gradient
 explode at the learning rate where the preconditioned gradient (eq. 18) trains well."""
 import os
 import sys

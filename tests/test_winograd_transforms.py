@@ -6,13 +6,13 @@ import pytest
 
 from wincaffe.transforms import winograd as wg
 
-# seed 000 eq. (2) and seed 002 (F(2,3); seed 002 calls Bᵀ "Cᵀ")
+# the gradient note, eq. (2) and Liu & Turakhia (F(2,3); Liu & Turakhia call Bᵀ "Cᵀ")
 SEED_F23 = dict(
     BT=[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
     G=[[1, 0, 0], [Fr(1, 2), Fr(1, 2), Fr(1, 2)], [Fr(1, 2), Fr(-1, 2), Fr(1, 2)], [0, 0, 1]],
     AT=[[1, 1, 1, 0], [0, 1, -1, -1]],
 )
-# seed 003 eq. (A.5)-(A.7) (F(4,3), Lavin & Gray)
+# Chikin & Kryzhanovskiy, eq. (A.5)-(A.7) (F(4,3), Lavin & Gray)
 SEED_F43 = dict(
     BT=[[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],

@@ -19,7 +19,7 @@ gather_transform (forward direction)
     i.e. out_tile = L · tile · Lᵀ, out of shape (α², P, N·T), the layout of the
     batched GEMMs (one GEMM per transform point ξ = i·α + l, batch and tiles
     folded into the GEMM's N dimension).
-      * input transform V = Bᵀ d B (seed 000 eq. 1): L = Bᵀ (α, α), pad = conv pad
+      * input transform V = Bᵀ d B (the gradient note, eq. 1): L = Bᵀ (α, α), pad = conv pad
       * output-gradient transform dM = A dY Aᵀ:      L = A (α, m),  pad = 0
 
 transform_scatter (the adjoint)

@@ -497,7 +497,7 @@ def gather_transform(const real[:, :, :, ::1] x, const real[:, ::1] L, int m, in
     x   (N, P, H, W)       the planes (C-contiguous)
     L   (α, s)             the transform (Bᵀ for the input, A for the output gradient)
     out (α², P, N·th·tw)   out[i·α + l, p, (ty·N + n)·tw + tx] = (L · tile(n, p, ty, tx) · Lᵀ)[i, l];
-                           with ``relu`` max(·, 0) of it (Winograd-ReLU, seed 001 Fig. 1c)
+                           with ``relu`` max(·, 0) of it (Winograd-ReLU, Liu et al., Fig. 1c)
     Tile (ty, tx) starts at row ty·m − pad, column tx·m − pad. ``num_threads`` 0: OpenMP's.
     """
     cdef Py_ssize_t N = x.shape[0], P = x.shape[1], H = x.shape[2], W = x.shape[3]

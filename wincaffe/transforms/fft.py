@@ -1,6 +1,6 @@
 """Real 2-D FFTs for FFT convolution: backends, reusable plans, fast sizes.
 
-Pure math, no layer state. Seed 002, section 3.1, eq. (1) computes a
+Pure math, no layer state. Liu & Turakhia, section 3.1, eq. (1) computes a
 convolution as F⁻¹(F(f) · F(g) · M); section 4.2 does it with numpy's
 ``rfftn``/``irfftn`` on an Fh × Fw canvas (H + h − 1 per axis), so spectra of
 real (..., Fh, Fw) arrays are half spectra (..., Fh, Fw//2 + 1). This module
@@ -77,7 +77,7 @@ def complex_dtype(real_dtype):
 
 
 def half_width(fw):
-    """Columns of a real FFT's half spectrum: Fw//2 + 1 (seed 002 §4.2: 32 → 17, 16 → 9)."""
+    """Columns of a real FFT's half spectrum: Fw//2 + 1 (Liu & Turakhia, §4.2: 32 → 17, 16 → 9)."""
     return int(fw) // 2 + 1
 
 
@@ -145,7 +145,7 @@ def rfft2_small(w, fshape, conjugate=False):
         G[u, v, b] = Σ_i Σ_j exp(−2πi u·i/Fh) · exp(−2πi v·j/Fw) · w[b, i, j]
 
     Equal to ``r2c`` of the zero-padded canvas, at kh·kw/(Fh·Fw) of its input size:
-    the kernel transform of seed 002 eq. (1), F(g), for small g (BLAS instead of an FFT
+    the kernel transform of Liu & Turakhia, eq. (1), F(g), for small g (BLAS instead of an FFT
     of mostly zeros). ``conjugate=True`` returns conj(G) at no extra cost.
     """
     sign = +1 if conjugate else -1

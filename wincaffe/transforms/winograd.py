@@ -6,8 +6,8 @@ taps, α = m + r − 1 input values are needed and the 1-D correlation
 
     y = Aᵀ [(G g) ⊙ (Bᵀ d)]                   Aᵀ: (m, α), G: (α, r), Bᵀ: (α, α)
 
-and the 2-D correlation of an α×α tile d with an r×r filter g as (seed 000,
-eq. 1; seed 002, eq. 2)
+and the 2-D correlation of an α×α tile d with an r×r filter g as (the gradient note,
+eq. 1; Liu & Turakhia, eq. 2)
 
     Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A            Y: (m, m)
 
@@ -30,7 +30,7 @@ that F(2,3) and F(4,3) have the familiar signs).
 Each transform point j may be rescaled as (Aᵀ[:, j], G[j], Bᵀ[j]) →
 (a·Aᵀ[:, j], g·G[j], b·Bᵀ[j]) with a·g·b = 1 without changing the algorithm;
 :func:`normalize` picks a canonical representative so that matrices from
-different sources (seed 000 eq. 2, seed 003 eq. A.5–A.7) can be compared.
+different sources (the gradient note, eq. 2, Chikin & Kryzhanovskiy, eq. A.5–A.7) can be compared.
 """
 from fractions import Fraction
 from functools import lru_cache
@@ -44,7 +44,7 @@ __all__ = ["DEFAULT_POINTS", "WinogradTransform", "default_points", "parse_point
 # Finite interpolation points in the order they are used: small magnitudes and
 # reciprocal pairs keep the entries of A, G, B (and so the float error) small.
 # α − 1 of them are taken, the point at infinity is the α-th. For F(6,3)/F(4,5)
-# (α = 8) this gives Lavin's 0, ±1, ±2, ±1/2 (seed 003, eq. A.8–A.10).
+# (α = 8) this gives Lavin's 0, ±1, ±2, ±1/2 (Chikin & Kryzhanovskiy, eq. A.8–A.10).
 DEFAULT_POINTS = tuple(Fraction(p) for p in (
     "0", "1", "-1", "2", "-2", "1/2", "-1/2", "3/4", "-3/4", "4/3", "-4/3", "3/2", "-3/2",
     "2/3", "-2/3", "3", "-3", "1/3", "-1/3", "4", "-4", "1/4", "-1/4"))
@@ -184,7 +184,7 @@ class WinogradTransform:
         return out
 
     def GGT(self, dtype=np.float64):
-        """G Gᵀ (α, α), the preconditioner of seed 000 eq. 18, computed exactly then rounded."""
+        """G Gᵀ (α, α), the preconditioner of the gradient note, eq. 18, computed exactly then rounded."""
         G = self.G_exact
         a = len(G)
         P = [[sum((G[i][k] * G[j][k] for k in range(self.r)), Fraction(0)) for j in range(a)] for i in range(a)]
@@ -258,7 +258,7 @@ def direct_correlate2d(d, g):
 
 
 def winograd_correlate2d_exact(d, g, m, r, points=None):
-    """Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A in exact rational arithmetic (seed 000, eq. 1)."""
+    """Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A in exact rational arithmetic (the gradient note, eq. 1)."""
     AT, G, BT = exact_matrices(m, r, points)
     U = _matmul_exact(_matmul_exact(G, g), _transpose(G))
     V = _matmul_exact(_matmul_exact(BT, d), _transpose(BT))
