@@ -4,18 +4,21 @@
 
 bottom (N, C, H, W) -> top (N, K, oh, ow), oh = (H + 2p − d(k−1) − 1) // s + 1.
 Weights W (K, C, k, k), bias b (K,). Workspaces are kept between calls.
+Pruning: the ``spatial`` domain, scores |W|, a ``Param.mask`` on W (Liu et al.,
+Fig. 1a: the conventional baseline).
 """
 import numpy as np
 
 from wincaffe._kernels.im2col import col2im, im2col
 from wincaffe.conv_geometry import conv_output_shape, require_4d
 from wincaffe.fillers import fill
-from wincaffe.layer import Layer, register
+from wincaffe.layer import Layer, SpatialPruning, register
 from wincaffe.schema import convolution_block
 
 
 @register("Convolution")
-class Convolution(Layer):
+class Convolution(SpatialPruning, Layer):
+    prune_by_default = True
     param_blocks = {"convolution_param": convolution_block()}
     num_bottoms = 1
     num_tops = 1
@@ -72,3 +75,7 @@ class Convolution(Layer):
             np.matmul(w.data.reshape(K, -1).T, dy2d, out=self.dcol)
             col2im(self.dcol, bottoms[0].diff, self.k, self.k, self.pad, self.stride, self.dilation,
                    self.oh, self.ow)
+
+    def activation_density(self, bottoms):
+        x = bottoms[0].data
+        return "spatial", float(np.count_nonzero(x)) / x.size

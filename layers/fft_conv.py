@@ -22,8 +22,8 @@ With M = 1 the output equals the direct correlation to float tolerance.
 ``fft_param``:
     weights   spatial (default)  param 0 = W (K, C, k, k); no mask: an exact
                                  convolution computed by FFT.
-              spatial_masked     param 0 = W; M (K, C, Fh, Fw') in ``self.spectral_mask``
-                                 (ones until ``set_spectral_mask``); G ⊙ M recomputed from W
+              spatial_masked     param 0 = W; M (K, C, Fh, Fw') in the buffer ``spectral_mask``
+                                 (ones until ``set_mask("spectral", M)``); G ⊙ M recomputed from W
                                  every forward, gradients flow to W (Liu & Turakhia, §4.2 retrains
                                  in the time domain).
               spectral           param 0 = S (K, C, Fh, Fw', 2): G's real and imaginary parts,
@@ -34,11 +34,14 @@ With M = 1 the output equals the direct correlation to float tolerance.
                                  Weight decay acts on S (≠ decay on W).
     fft_size  linear (default)   Fh = H + 2·pad + k − 1: Liu & Turakhia's size (LeNet masks
                                  20×1×32×17 and 50×20×16×9)
-              auto               linear, rounded up to a fast FFT size of the backend
-              min                H + 2·pad rounded up to a fast size: the smallest exact one
+              auto               linear, rounded up to the next 5-smooth size (2^a·3^b·5^c)
+              min                H + 2·pad rounded up to the next 5-smooth size: the smallest
+                                 exact one
               n or [Fh, Fw]      explicit; must be ≥ H + 2·pad per axis
-              The size is fixed at setup (the mask and the spectral weights depend on it);
-              later bottoms may be smaller, not larger.
+              The rules do not depend on the FFT library (a weights file made with pyFFTW
+              loads where only scipy.fft is installed). The size is fixed at setup (the mask
+              and the spectral weights depend on it), saved in weights files and checked when
+              they are loaded; later bottoms may be smaller, not larger.
     backend   pyfftw (default) | scipy | numpy   see :mod:`wincaffe.transforms.fft`
     threads   FFT threads (default 1; the BLAS behind the GEMMs has its own pool)
 
@@ -59,10 +62,17 @@ correlation on the Fh × Fw canvas that Liu & Turakhia's eq. (1) describes ("onl
 approximate" to the unpruned convolution), cropped to Ho × Wo. The FFT size is
 therefore part of the model once pruned.
 
-Pruning API (as WinogradConv's): ``spectrum(masked=True)`` → rfft2(W) ⊙ M complex
-(K, C, Fh, Fw'), the values Liu & Turakhia prune by modulus; ``spectral_mask``;
-``set_spectral_mask(mask)``. The spatial_masked mask is a layer buffer: saved in
-weights files and shared with the TEST net (spectral: ``Param.mask`` does both).
+Pruning (the protocol of :class:`wincaffe.layer.Layer`): domain ``spectral``
+(spatial_masked, spectral; Liu & Turakhia §3.1, §4.2) with scores the complex modulus
+of the kernel's half spectrum (K, C, Fh, Fw'), and ``spatial`` (spatial,
+spatial_masked: |W| and a ``Param.mask`` on W). A spectral mask lives on the half
+spectrum; entries (u, v) and (−u mod Fh, v) of the v = 0 and v = Fw/2 columns hold
+conjugate values and are pruned together (both or neither, ``prune_partners``), so
+the pruned kernel stays real. The pruning rate counts half-spectrum entries: each
+one is a complex product per (n, k, c) that the element-wise stage computes, so the
+rate is the fraction of those products saved. ``spectrum(masked=True)`` → rfft2(W) ⊙ M.
+The spatial_masked mask is a layer buffer: saved in weights files and shared with
+the TEST net (spectral: ``Param.mask`` on both real and imaginary parts does both).
 
 Layout: the data spectra are frequency-major, (F, N, C) and (F, N, K) with
 F = Fh·Fw' (FFTW reads and writes that layout directly, see
@@ -110,7 +120,8 @@ class FFTSizeField(Field):
 FFT_PARAM = Block(
     weights=Field(str, "spatial", choices=WEIGHTS,
                   doc="learnable weights: spatial W, spatial W + spectral mask, or the spectrum itself"),
-    fft_size=FFTSizeField(doc="FFT canvas size: linear (H+2p+k-1, Liu & Turakhia), auto, min or [Fh, Fw]"),
+    fft_size=FFTSizeField(doc="FFT canvas size: linear (H+2p+k-1, Liu & Turakhia), auto, min "
+                                  "(5-smooth sizes, the same for every backend) or [Fh, Fw]"),
     backend=Field(str, "pyfftw", choices=fft.BACKENDS, doc="FFT library"),
     threads=Field(int, 1, min=1, doc="FFT threads"),
 )
@@ -118,6 +129,7 @@ FFT_PARAM = Block(
 
 @register("FFTConv")
 class FFTConv(Layer):
+    prune_by_default = True
     param_blocks = {"convolution_param": convolution_block(), "fft_param": FFT_PARAM}
     num_bottoms = 1
     num_tops = 1
@@ -157,14 +169,14 @@ class FFTConv(Layer):
         self._geom = None
 
     def _fft_size(self, rule, H, W):
-        k, pad, name = self.k, self.pad, self.backend.name
+        k, pad = self.k, self.pad
         need = (H + 2 * pad, W + 2 * pad)
         if rule == "linear":
             return (need[0] + k - 1, need[1] + k - 1)
         if rule == "auto":
-            return (fft.next_fast_len(need[0] + k - 1, name), fft.next_fast_len(need[1] + k - 1, name))
+            return (fft.next_fast_len(need[0] + k - 1), fft.next_fast_len(need[1] + k - 1))
         if rule == "min":
-            return (fft.next_fast_len(need[0], name), fft.next_fast_len(need[1], name))
+            return (fft.next_fast_len(need[0]), fft.next_fast_len(need[1]))
         size = (int(rule[0]), int(rule[1]))
         self._check_fits(size, H, W)
         return size
@@ -177,38 +189,67 @@ class FFTConv(Layer):
                              f"wrap around into the output; use at least [{need[0]}, {need[1]}] "
                              f"(or linear, auto, min)", field="fft_param.fft_size")
 
-    # ----- pruning API ------------------------------------------------------------
-    @property
-    def spectral_mask(self):
-        """The 0/1 mask M (K, C, Fh, Fw//2 + 1) on the kernel's half spectrum
-        (Liu & Turakhia, §4.2), or None for ``weights: spatial``."""
+    def model_constants(self):
+        return {"fft_size": (self.fshape, "fft_param.fft_size")}
+
+    # ----- pruning protocol ---------------------------------------------------------
+    def prune_domains(self):
+        return {"spatial": ("spatial",), "spatial_masked": ("spectral", "spatial"),
+                "spectral": ("spectral",)}[self.weights_mode]
+
+    def prune_scores(self, domain):
+        """spectral: |G| of the masked half spectrum G (K, C, Fh, Fw'), Hermitian part
+        on the self-mirrored columns (what the c2r transform uses: for a real kernel,
+        G itself); spatial: |W|."""
+        self._check_domain(domain)
+        if domain == "spatial":
+            return self._param_scores()
+        return np.abs(fft.hermitian_part(self.spectrum(masked=True), self.fshape[1]))
+
+    def prune_partners(self, domain):
+        return fft.conjugate_partners(*self.fshape) if domain == "spectral" else None
+
+    def mask(self, domain):
+        self._check_domain(domain)
+        if domain == "spatial":
+            return self._param_mask()
+        return self._spectral_mask().copy()
+
+    def set_mask(self, domain, mask):
+        """spectral, a 0/1 mask (K, C, Fh, Fw//2 + 1) on the kernel's half spectrum that
+        prunes conjugate pairs together (None: none). spatial_masked keeps it in the
+        buffer ``spectral_mask`` (saved with the weights, shared with the TEST net,
+        changed in place) applied to rfft2(W) every forward; spectral installs it as
+        ``Param.mask`` on both the real and the imaginary part (pruned entries zeroed
+        now and kept zero by the solver). spatial: ``Param.mask`` on W."""
+        self._check_domain(domain)
+        if domain == "spatial":
+            return self._set_param_mask(mask)
+        if mask is not None:
+            mask = np.asarray(mask) != 0
+            if mask.shape != self.spectrum_shape:
+                raise self.error(f"spectral mask shape {mask.shape} does not fit the half spectrum "
+                                 f"{self.spectrum_shape}")
+            K, C, Fh, Fw2 = self.spectrum_shape
+            flat = mask.reshape(K, C, -1)
+            if not np.array_equal(flat, flat[..., fft.conjugate_partners(*self.fshape)]):
+                raise self.error("spectral mask prunes one entry of a conjugate pair but not the other "
+                                 "(columns v = 0 and v = Fw/2: (u, v) and (-u mod Fh, v) go together)")
+            mask = mask.astype(self.dtype)
+        if self.weights_mode == "spectral":
+            self.params[0].set_mask(None if mask is None else np.repeat(mask[..., None], 2, axis=-1))
+        else:  # in place: a TEST net sharing this buffer sees the new mask too
+            self.buffers["spectral_mask"][...] = 1 if mask is None else mask
+
+    def _spectral_mask(self):
+        """M (K, C, Fh, Fw'): the buffer (spatial_masked), Param.mask's real part or ones
+        (spectral), None (spatial)."""
         if self.weights_mode == "spatial_masked":
             return self.buffers["spectral_mask"]
         if self.weights_mode == "spectral":
             m = self.params[0].mask
             return np.ones(self.spectrum_shape, self.dtype) if m is None else m[..., 0]
         return None
-
-    def set_spectral_mask(self, mask):
-        """Install a 0/1 mask (K, C, Fh, Fw//2 + 1) on the kernel's spectrum (None: none).
-
-        spatial_masked: kept in the buffer ``spectral_mask`` (saved with the weights,
-        shared with the TEST net) and applied to rfft2(W) every forward. spectral: installed as ``Param.mask`` on both the real and the
-        imaginary part (the pruned entries are zeroed now and kept zero by the solver).
-        spatial: a ConfigError (no spectral weights to mask).
-        """
-        if self.weights_mode == "spatial":
-            raise self.error("a spectral mask needs weights: spatial_masked or spectral",
-                             field="fft_param.weights")
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.shape != self.spectrum_shape:
-                raise ValueError(f"layer {self.name}: spectral mask shape {mask.shape} != {self.spectrum_shape}")
-            mask = (mask != 0).astype(self.dtype)
-        if self.weights_mode == "spectral":
-            self.params[0].set_mask(None if mask is None else np.repeat(mask[..., None], 2, axis=-1))
-        else:  # in place: a TEST net sharing this buffer sees the new mask too
-            self.buffers["spectral_mask"][...] = 1 if mask is None else mask
 
     def spectrum(self, masked=True):
         """The kernel's half spectrum rfft2(W) (K, C, Fh, Fw//2 + 1), complex, ⊙ M if
@@ -217,7 +258,7 @@ class FFTConv(Layer):
             G = self._spectral_param().copy()
         else:
             G = np.ascontiguousarray(np.moveaxis(self._spatial_spectrum_fm(), 0, 2)).reshape(self.spectrum_shape)
-        M = self.spectral_mask
+        M = self._spectral_mask()
         if masked and M is not None:
             G *= M
         return G
@@ -253,7 +294,7 @@ class FFTConv(Layer):
             has_mask = self.weights_mode == "spatial_masked"
         self._Mfm = None
         if has_mask:  # read every time: pruning code may change the mask in place
-            self._Mfm = np.moveaxis(self.spectral_mask.reshape(K, C, -1), 2, 0)
+            self._Mfm = np.moveaxis(self._spectral_mask().reshape(K, C, -1), 2, 0)
             Gc *= self._Mfm
         return Gc
 

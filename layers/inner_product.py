@@ -1,15 +1,16 @@
 """InnerProduct (fully connected): y = x W^T + b.
 
-bottom (N, ...) is flattened to (N, D) from ``axis`` on; W (num_output, D), b (num_output,)."""
+bottom (N, ...) is flattened to (N, D) from ``axis`` on; W (num_output, D), b (num_output,).
+Pruning: the ``spatial`` domain, scores |W| (K, D): not pruned unless named."""
 import numpy as np
 
 from wincaffe.fillers import fill
-from wincaffe.layer import Layer, register
+from wincaffe.layer import Layer, SpatialPruning, register
 from wincaffe.schema import Block, Field, filler_block
 
 
 @register("InnerProduct")
-class InnerProduct(Layer):
+class InnerProduct(SpatialPruning, Layer):
     param_blocks = {"inner_product_param": Block(
         num_output=Field(int, min=1),
         bias_term=Field(bool, True),

@@ -22,20 +22,21 @@ Backward:
 Weights (``winograd_param.weights``):
     spatial         param 0 = W (K, C, r, r); U = G W Gᵀ;  dW = Gᵀ dU G.
     spatial_masked  param 0 = W; U = (G W Gᵀ) ⊙ mask (Liu & Turakhia, eq. 2), mask (K, C, α, α)
-                    the layer buffer ``winograd_mask`` (saved in weights files, shared
-                    with the TEST net; all ones until pruning); dW = Gᵀ (dU ⊙ mask) G.
+                    a layer buffer (saved in weights files, shared with the TEST net;
+                    all ones until pruning); dW = Gᵀ (dU ⊙ mask) G.
     winograd        param 0 = Q (K, C, α, α) = G W₀ Gᵀ at init (the gradient note, eq. 3);
-                    U = Q. ``gradient: raw`` stores dL/dQ in Param.diff,
-                    ``gradient: preconditioned`` stores (G Gᵀ) dL/dQ (G Gᵀ)
-                    (the gradient note, eq. 18), so the solver's λQ weight decay makes the
-                    update the gradient note, eq. 27. dL/dQ is always in ``self.raw_weight_grad``.
+                    U = Q; Param.diff = dL/dQ. ``gradient: preconditioned`` gives Q's
+                    Param a preconditioner (G Gᵀ) · (G Gᵀ) (the gradient note, eq. 18) that
+                    the solver applies before its λQ weight decay, which makes the update
+                    the gradient note's eq. 27; ``raw`` steps along dL/dQ itself.
                     Pruning: ``Param.mask`` on Q (the solver keeps masked entries zero).
-Param 1 = bias (K,) when ``bias_term``. ``raw_weight_grad`` is dL/dW (spatial
-modes) or dL/dQ (winograd), for gradient checks.
+Param 1 = bias (K,) when ``bias_term``.
 
-Pruning API: ``winograd_mask`` (property), ``set_winograd_mask(mask)``,
-``transformed_weights()`` (U as (K, C, α, α), the magnitudes to prune by).
-Other attributes: ``m``, ``r``, ``alpha``, ``pad``, ``transform`` (the
+Pruning (the protocol of :class:`wincaffe.layer.Layer`): domain ``winograd``
+(spatial_masked, winograd; scores |U|, Liu et al. §2, Liu & Turakhia §3.2) and
+``spatial`` (spatial, spatial_masked; scores |W|, a ``Param.mask`` on W: Liu et al.
+Fig. 1a). ``transformed_weights()`` gives U (K, C, α, α). Other attributes: ``m``,
+``r``, ``alpha``, ``pad``, ``transform`` (the
 :class:`~wincaffe.transforms.winograd.WinogradTransform`), ``AT, G, BT`` (in the
 layer dtype), ``V`` (the last forward's transformed input, (α², C, N·T), after
 the Winograd-ReLU: its density is the activation density of Liu et al., Fig. 3).
@@ -93,6 +94,7 @@ def clear_workspaces():
 
 @register("WinogradConv")
 class WinogradConv(Layer):
+    prune_by_default = True
     param_blocks = {
         "convolution_param": convolution_block(),
         "winograd_param": Block(
@@ -101,7 +103,7 @@ class WinogradConv(Layer):
                           doc="where the learnable weights live: spatial W, spatial W + "
                               "transform-domain mask, or Q in the Winograd domain"),
             gradient=Field(str, "preconditioned", choices=GRADIENTS,
-                           doc="for weights: winograd, what goes into Param.diff: dL/dQ or "
+                           doc="for weights: winograd, what the solver steps along: dL/dQ or "
                                "(G Gᵀ) dL/dQ (G Gᵀ) (the gradient note, eq. 18)"),
             points=Field((int, float, str), None, list_of=True,
                          doc="α − 1 finite interpolation points (infinity is added) or α points; "
@@ -146,65 +148,67 @@ class WinogradConv(Layer):
         K, C, r, a = p.num_output, shape[1], self.r, self.alpha
         W0 = fill(p.weight_filler, (K, C, r, r), self.rng, self.dtype)
         if self.weights_mode == "winograd":
-            G64 = self.transform.matrices(np.float64)[1]
-            self.add_param("weight", G64 @ W0.astype(np.float64) @ G64.T)  # Q₀ = G W₀ Gᵀ
+            Q = self.add_param("weight", G64 @ W0.astype(np.float64) @ G64.T)  # Q₀ = G W₀ Gᵀ
+            if self.gradient_mode == "preconditioned":
+                Q.preconditioner = self._precondition
         else:
             self.add_param("weight", W0)
         if p.bias_term:
             self.add_param("bias", fill(p.bias_filler, (K,), self.rng, self.dtype))
         if self.weights_mode == "spatial_masked":   # saved in weights files, shared with a TEST net
             self.add_buffer("winograd_mask", np.ones((K, C, a, a), self.dtype))
-        self.raw_weight_grad = None
         self._geom = None
         self._U = None
 
-    # ----- pruning API ------------------------------------------------------------
+    def _precondition(self, dQ, out):
+        """out = (G Gᵀ) dQ (G Gᵀ) per (k, c) kernel (the gradient note, eq. 18), one GEMM."""
+        a2 = self.alpha ** 2
+        np.matmul(dQ.reshape(-1, a2), self._PP, out=out.reshape(-1, a2))
+
     def transformed_weights(self):
         """U (K, C, α, α): the weights the element-wise products use, i.e.
-        G W Gᵀ (spatial), (G W Gᵀ) ⊙ mask (spatial_masked) or Q (winograd)."""
+        G W Gᵀ (spatial), (G W Gᵀ) ⊙ mask (spatial_masked) or Q (winograd). A new array."""
         data = self.params[0].data
         if self.weights_mode == "winograd":
             return data.copy()
         K, C = data.shape[:2]
         a = self.alpha
         U = (data.reshape(K * C, -1) @ self._GG.T).reshape(K, C, a, a)
-        if self.winograd_mask is not None:
-            U *= self.winograd_mask
+        if self.weights_mode == "spatial_masked":
+            U *= self.buffers["winograd_mask"]
         return U
 
-    @property
-    def winograd_mask(self):
-        """The transform-domain 0/1 mask (K, C, α, α): the ``winograd_mask`` buffer
-        (spatial_masked), ``Param.mask`` of Q (winograd; None until set), None (spatial)."""
-        if self.weights_mode == "spatial_masked":
-            return self.buffers["winograd_mask"]
-        if self.weights_mode == "winograd":
-            return self.params[0].mask
-        return None
+    # ----- pruning protocol ---------------------------------------------------------
+    def prune_domains(self):
+        return {"spatial": ("spatial",), "spatial_masked": ("winograd", "spatial"),
+                "winograd": ("winograd",)}[self.weights_mode]
 
-    def set_winograd_mask(self, mask):
-        """Install a 0/1 transform-domain mask (K, C, α, α) (None: no pruning).
+    def prune_scores(self, domain):
+        self._check_domain(domain)
+        return np.abs(self.transformed_weights()) if domain == "winograd" else self._param_scores()
 
-        spatial_masked: written in place into the ``winograd_mask`` buffer (so a TEST
-        net sharing it sees it too), applied to G W Gᵀ in every forward (Liu & Turakhia).
-        winograd: installed as ``Param.mask`` of Q (the masked entries of Q are
-        zeroed now and kept zero by the solver). spatial: a ConfigError.
-        """
-        K, C = self.params[0].shape[:2]
-        shape = (K, C, self.alpha, self.alpha)
-        if self.weights_mode == "spatial":
-            raise self.error("a transform-domain mask needs weights: spatial_masked or winograd",
-                             field="winograd_param.weights")
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.shape != shape:
-                raise ValueError(f"layer {self.name}: mask shape {mask.shape} != {shape}")
-        if self.weights_mode == "winograd":
-            self.params[0].set_mask(mask)
-        elif mask is None:
-            self.buffers["winograd_mask"][...] = 1
+    def mask(self, domain):
+        self._check_domain(domain)
+        if domain == "winograd" and self.weights_mode == "spatial_masked":
+            return self.buffers["winograd_mask"].copy()
+        return self._param_mask()      # Q's Param.mask (winograd) or W's (spatial)
+
+    def set_mask(self, domain, mask):
+        """winograd: spatial_masked writes the ``winograd_mask`` buffer in place (a TEST
+        net sharing it sees it too), applied to G W Gᵀ in every forward (Liu & Turakhia);
+        weights: winograd installs ``Param.mask`` on Q (masked entries zeroed now and kept
+        zero by the solver). spatial: ``Param.mask`` on W."""
+        self._check_domain(domain)
+        if domain == "winograd" and self.weights_mode == "spatial_masked":
+            buf = self.buffers["winograd_mask"]
+            if mask is not None and np.shape(mask) != buf.shape:
+                raise self.error(f"mask shape {np.shape(mask)} does not fit the Winograd domain {buf.shape}")
+            buf[...] = 1 if mask is None else (np.asarray(mask) != 0)
         else:
-            self.buffers["winograd_mask"][...] = mask != 0
+            self._set_param_mask(mask)
+
+    def activation_density(self, bottoms):
+        return "winograd", float(np.count_nonzero(self.V)) / self.V.size
 
     # ----- reshape / forward / backward -------------------------------------------
     def reshape(self, bottoms, tops):
@@ -233,8 +237,8 @@ class WinogradConv(Layer):
             np.copyto(U2, data.reshape(K * C, a * a).T)                          # U = Q
         else:
             np.matmul(self._GG, data.reshape(K * C, -1).T, out=U2)               # U = G W Gᵀ
-            if self.winograd_mask is not None:
-                U2 *= self.winograd_mask.reshape(K * C, a * a).T                 # ⊙ mask, Liu & Turakhia, eq. 2
+            if self.weights_mode == "spatial_masked":                            # ⊙ mask, Liu & Turakhia, eq. 2
+                U2 *= self.buffers["winograd_mask"].reshape(K * C, a * a).T
         return self._U
 
     def forward(self, bottoms, tops):
@@ -267,16 +271,11 @@ class WinogradConv(Layer):
         dU2 = dU.reshape(a * a, K * C)                                           # dL/dU, (α², K·C)
         w = self.params[0]
         if self.weights_mode == "winograd":
-            self.raw_weight_grad = np.ascontiguousarray(dU2.T).reshape(K, C, a, a)  # dL/dQ
-            if self.gradient_mode == "preconditioned":                            # the gradient note, eq. 18
-                np.matmul(dU2.T, self._PP, out=w.diff.reshape(K * C, a * a))
-            else:
-                np.copyto(w.diff, self.raw_weight_grad)
+            np.copyto(w.diff.reshape(K * C, a * a), dU2.T)                        # dL/dQ = dL/dU
         else:
-            if self.winograd_mask is not None:
-                dU2 = dU2 * self.winograd_mask.reshape(K * C, a * a).T            # dU ⊙ mask
+            if self.weights_mode == "spatial_masked":
+                dU2 = dU2 * self.buffers["winograd_mask"].reshape(K * C, a * a).T  # dU ⊙ mask
             np.matmul(dU2.T, self._GG, out=w.diff.reshape(K * C, -1))             # dW = Gᵀ dU G
-            self.raw_weight_grad = w.diff
         if len(self.params) > 1:
             self.params[1].diff[...] = dy.sum(axis=(0, 2, 3))
         if propagate_down[0]:

@@ -31,7 +31,11 @@ def conv(shape, K, k, pad=0, dtype=np.float32, seed=0, **fft_param):
 
 
 def random_mask(layer, keep=0.6, seed=3):
-    return (np.random.default_rng(seed).random(layer.spectrum_shape) < keep).astype(np.float64)
+    """A random 0/1 half-spectrum mask that keeps or prunes conjugate pairs together."""
+    K, C, Fh, Fw2 = layer.spectrum_shape
+    m = (np.random.default_rng(seed).random((K, C, Fh * Fw2)) < keep)
+    partner = fft.conjugate_partners(*layer.fshape)
+    return m[..., np.minimum(np.arange(Fh * Fw2), partner)].reshape(layer.spectrum_shape).astype(np.float64)
 
 
 def seed002_reference(x, w, b, pad, fshape, mask):
@@ -80,9 +84,11 @@ def test_fft_sizes_follow_seed002_lenet():
     conv2 = conv((1, 20, 12, 12), 50, 5)[0]
     assert conv1.spectrum_shape == (20, 1, 32, 17)
     assert conv2.spectrum_shape == (50, 20, 16, 9)
-    assert conv((1, 1, 28, 28), 2, 5, fft_size="min")[0].fshape == (28, 28)
-    assert conv((1, 1, 28, 28), 2, 5, fft_size="auto", backend="scipy")[0].fshape == (32, 32)
-    assert conv((1, 1, 9, 9), 2, 5, fft_size="auto", backend="scipy")[0].fshape == (15, 15)  # 13 → 15
+    # auto and min: 5-smooth sizes, the same whichever backend runs the FFTs
+    for backend in fft.BACKENDS:
+        assert conv((1, 1, 28, 28), 2, 5, fft_size="min", backend=backend)[0].fshape == (30, 30)  # 28 → 30
+        assert conv((1, 1, 28, 28), 2, 5, fft_size="auto", backend=backend)[0].fshape == (32, 32)
+        assert conv((1, 1, 9, 9), 2, 5, fft_size="auto", backend=backend)[0].fshape == (15, 15)  # 13 → 15
 
 
 def test_large_spectra_use_the_staged_layout(monkeypatch):
@@ -108,7 +114,7 @@ def test_masked_forward_matches_seed002_equation(weights, C):
     else:
         layer.params[0].data[...] = W
     mask = random_mask(layer, keep=0.5)
-    layer.set_spectral_mask(mask)
+    layer.set_mask("spectral", mask)
     layer.forward(bottoms, tops)
     ref = seed002_reference(bottoms[0].data, W, layer.params[1].data, 1, layer.fshape, mask)
     np.testing.assert_allclose(tops[0].data, ref, rtol=1e-10, atol=1e-10)
@@ -122,7 +128,7 @@ def test_all_ones_mask_changes_nothing():
     layer.forward(bottoms, tops)
     ref = reference_correlation(bottoms[0].data, layer.params[0].data, layer.params[1].data, pad=2)
     np.testing.assert_allclose(tops[0].data, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
-    assert layer.spectral_mask.shape == (4, 3, 15, 8) and layer.spectral_mask.all()
+    assert layer.mask("spectral").shape == (4, 3, 15, 8) and layer.mask("spectral").all()
 
 
 def test_spectral_weights_start_from_the_filler_kernel():
@@ -142,7 +148,7 @@ def test_spectral_weights_start_from_the_filler_kernel():
 def test_gradients(weights, shape, K, k, pad):
     layer, bottoms, tops = conv(shape, K, k, pad, dtype=np.float64, weights=weights)
     if weights != "spatial":
-        layer.set_spectral_mask(random_mask(layer))
+        layer.set_mask("spectral", random_mask(layer))
     check_gradients(layer, bottoms, tops, max_checks=40)
 
 
@@ -151,7 +157,7 @@ def test_spectral_gradient_every_entry_including_ignored_components():
     irfft2 ignores (e.g. Im of the DC entry) get exactly zero gradient."""
     layer, bottoms, tops = conv((2, 2, 4, 5), 2, 3, 1, dtype=np.float64, weights="spectral")
     assert layer.fshape == (8, 9)
-    layer.set_spectral_mask(random_mask(layer, keep=0.7))
+    layer.set_mask("spectral", random_mask(layer, keep=0.7))
     check_gradients(layer, bottoms, tops, max_checks=10 ** 6, check_bottoms=[])
     layer2, b2, t2 = conv((2, 2, 4, 5), 2, 3, 1, dtype=np.float64, weights="spectral", fft_size=[6, 8])
     check_gradients(layer2, b2, t2, max_checks=10 ** 6)
@@ -166,7 +172,7 @@ def test_masked_gradient_is_not_the_unmasked_one():
     layer.forward(bottoms, tops)
     layer.backward(tops, [True], bottoms)
     dx_full, dw_full = bottoms[0].diff.copy(), layer.params[0].diff.copy()
-    layer.set_spectral_mask(random_mask(layer, keep=0.5))
+    layer.set_mask("spectral", random_mask(layer, keep=0.5))
     layer.forward(bottoms, tops)
     layer.backward(tops, [True], bottoms)
     assert not np.allclose(bottoms[0].diff, dx_full)
@@ -181,7 +187,7 @@ def test_backends_agree(weights):
     for backend in ("pyfftw", "scipy", "numpy"):
         layer, bottoms, tops = conv((3, 4, 9, 10), 5, 3, 1, backend=backend, weights=weights)
         if weights == "spectral":
-            layer.set_spectral_mask(random_mask(layer))
+            layer.set_mask("spectral", random_mask(layer))
         assert layer.backend.name == backend
         layer.forward(bottoms, tops)
         tops[0].diff[...] = np.random.default_rng(2).standard_normal(tops[0].shape)
@@ -217,8 +223,10 @@ def test_backend_transforms_are_unnormalised_and_plans_are_reused():
         np.testing.assert_allclose(fm(), np.moveaxis(X, (0, 1), (2, 3)), atol=1e-12)
     assert list(fft.hermitian_weights(8)) == [1, 2, 2, 2, 1]
     assert list(fft.hermitian_weights(7)) == [1, 2, 2, 2]
-    assert fft.next_fast_len(13, "scipy") == 15 and fft.next_fast_len(13, "pyfftw") == 14
-    assert fft.next_fast_len(49, "pyfftw") == 49 and fft.next_fast_len(49, "numpy") == 50
+    assert [fft.next_fast_len(n) for n in (1, 7, 13, 28, 49, 97)] == [1, 8, 15, 30, 50, 100]
+    import scipy.fft
+    for n in range(1, 300):
+        assert fft.next_fast_len(n) == scipy.fft.next_fast_len(n, real=True)
 
 
 def test_wisdom_is_saved_in_the_cache_folder(tmp_path, monkeypatch):
@@ -281,25 +289,91 @@ def test_bad_fft_param(fft_param, match):
     assert "layer 'fftconv' (FFTConv)" in str(info.value)
 
 
-def test_mask_api():
+def test_mask_protocol():
     spatial = conv((1, 2, 8, 8), 3, 3)[0]
-    assert spatial.spectral_mask is None
-    with pytest.raises(ConfigError, match="spatial_masked or spectral"):
-        spatial.set_spectral_mask(np.ones(spatial.spectrum_shape))
+    assert spatial.prune_domains() == ("spatial",)
+    with pytest.raises(ConfigError, match=r"layer 'fftconv' \(FFTConv\): cannot be pruned in the 'spectral' domain"):
+        spatial.set_mask("spectral", np.ones(spatial.spectrum_shape))
     masked = conv((1, 2, 8, 8), 3, 3, weights="spatial_masked")[0]
-    with pytest.raises(ValueError, match="mask shape"):
-        masked.set_spectral_mask(np.ones((3, 2, 10, 10)))
+    assert masked.prune_domains() == ("spectral", "spatial")
+    with pytest.raises(ConfigError, match="mask shape"):
+        masked.set_mask("spectral", np.ones((3, 2, 10, 10)))
     mask = random_mask(masked)
-    masked.set_spectral_mask(mask)
-    np.testing.assert_array_equal(masked.spectral_mask, mask)
-    assert masked.buffers["spectral_mask"] is masked.spectral_mask  # saved with the weights
-    masked.set_spectral_mask(None)
-    assert masked.spectral_mask.all()
+    masked.set_mask("spectral", mask)
+    np.testing.assert_array_equal(masked.mask("spectral"), mask)
+    np.testing.assert_array_equal(masked.buffers["spectral_mask"], mask)  # saved with the weights
+    assert masked.prune_scores("spectral").shape == mask.shape
+    assert np.all(masked.prune_scores("spectral")[mask == 0] == 0)
+    masked.set_mask("spectral", None)
+    assert masked.mask("spectral").all()
     spectral = conv((1, 2, 8, 8), 3, 3, weights="spectral")[0]
-    spectral.set_spectral_mask(mask)
+    spectral.set_mask("spectral", mask)
     p = spectral.params[0]
     assert p.mask.shape == p.shape and np.all(p.data[mask == 0] == 0)
-    np.testing.assert_array_equal(spectral.spectral_mask, mask)
+    np.testing.assert_array_equal(spectral.mask("spectral"), mask)
+    # the spatial domain of spatial_masked: a Param.mask on W
+    wmask = np.random.default_rng(1).random(masked.params[0].shape) > 0.5
+    masked.set_mask("spatial", wmask)
+    assert np.all(masked.params[0].data[~wmask] == 0)
+    np.testing.assert_array_equal(masked.mask("spatial"), wmask)
+
+
+@pytest.mark.parametrize("fshape", [(8, 8), (7, 9), (6, 7), (9, 8)])
+def test_conjugate_pairs_must_be_pruned_together(fshape):
+    layer = conv((1, 2, 4, 4), 2, 3, 1, dtype=np.float64, weights="spatial_masked", fft_size=list(fshape))[0]
+    partner = fft.conjugate_partners(*fshape)
+    pairs = [i for i in range(partner.size) if partner[i] != i]
+    assert pairs, "every size here has conjugate pairs in column 0"
+    mask = np.ones(layer.spectrum_shape)
+    mask.reshape(2, 2, -1)[0, 1, pairs[0]] = 0
+    with pytest.raises(ConfigError, match="conjugate pair"):
+        layer.set_mask("spectral", mask)
+    mask.reshape(2, 2, -1)[0, 1, partner[pairs[0]]] = 0
+    layer.set_mask("spectral", mask)
+    # the pruned kernel stays real: the masked half spectrum is Hermitian where it must be
+    G = layer.spectrum(masked=True)
+    np.testing.assert_allclose(fft.hermitian_part(G, fshape[1]), G, atol=1e-12)
+    full = np.fft.irfft2(G, s=fshape)
+    np.testing.assert_allclose(np.fft.rfft2(full), G, atol=1e-12)
+
+
+def test_hermitian_part_and_partners_against_numpy():
+    rng = np.random.default_rng(0)
+    for fh, fw in [(4, 4), (5, 6), (6, 5), (3, 3), (8, 2), (2, 1)]:
+        X = rng.standard_normal((fh, fw // 2 + 1)) + 1j * rng.standard_normal((fh, fw // 2 + 1))
+        H = fft.hermitian_part(X, fw)
+        # what irfft2 reads of X is exactly H: same real output, and H is a real array's spectrum
+        np.testing.assert_allclose(np.fft.irfft2(H, s=(fh, fw)), np.fft.irfft2(X, s=(fh, fw)), atol=1e-12)
+        np.testing.assert_allclose(np.fft.rfft2(np.fft.irfft2(X, s=(fh, fw))), H, atol=1e-12)
+        partner = fft.conjugate_partners(fh, fw).reshape(fh, -1)
+        Xr = np.fft.rfft2(rng.standard_normal((fh, fw)))
+        for u in range(fh):
+            for v in range(fw // 2 + 1):
+                j = partner[u, v]
+                assert partner.reshape(-1)[j] == u * (fw // 2 + 1) + v         # an involution
+                if j != u * (fw // 2 + 1) + v:
+                    assert np.isclose(Xr.reshape(-1)[j], np.conj(Xr[u, v]))
+
+
+def test_fft_size_is_checked_when_weights_are_loaded(tmp_path):
+    from wincaffe.config import validate_net
+    from wincaffe.errors import SnapshotError
+    from wincaffe.layer import TRAIN
+    from wincaffe.net import Net
+    from wincaffe.snapshot import load_weights, save_weights
+
+    def spec(size):
+        return validate_net({"name": "f", "layer": [
+            {"name": "x", "type": "Input", "top": "x", "input_param": {"shape": [1, 2, 9, 9]}},
+            {"name": "conv", "type": "FFTConv", "bottom": "x", "top": "y",
+             "convolution_param": {"num_output": 3, "kernel_size": 3},
+             "fft_param": {"weights": "spatial", "fft_size": size}}]})
+    save_weights(Net(spec("linear"), TRAIN), str(tmp_path / "w.npz"))      # 11 x 11
+    load_weights(Net(spec([11, 11]), TRAIN), str(tmp_path / "w.npz"))       # the same size: fine
+    with pytest.raises(SnapshotError) as info:
+        load_weights(Net(spec("auto"), TRAIN), str(tmp_path / "w.npz"))    # 12 x 12
+    assert str(info.value) == (f"{tmp_path / 'w.npz'}: layer 'conv' (FFTConv): fft_param.fft_size is "
+                               "[11, 11] in the file but [12, 12] in the net")
 
 
 def test_small_kernel_dfts_match_the_ffts():
@@ -341,9 +415,9 @@ def test_spectral_mask_reaches_test_net_and_weights_file(tmp_path):
     train = Net(spec, TRAIN, dtype=np.float64)
     test = Net(spec, TEST, dtype=np.float64, share_from=train)
     layer = train.layer_by_name("conv")
-    mask = np.random.default_rng(0).random(layer.spectral_mask.shape) > 0.5
-    layer.set_spectral_mask(mask)
-    np.testing.assert_array_equal(test.layer_by_name("conv").spectral_mask, mask)
+    mask = random_mask(layer, keep=0.5, seed=0)
+    layer.set_mask("spectral", mask)
+    np.testing.assert_array_equal(test.layer_by_name("conv").mask("spectral"), mask)
     test.blobs["x"].data[...] = train.blobs["x"].data
     train.forward()
     test.forward()
@@ -351,4 +425,4 @@ def test_spectral_mask_reaches_test_net_and_weights_file(tmp_path):
     save_weights(train, str(tmp_path / "w.npz"))
     fresh = Net(spec, TEST, dtype=np.float64)
     load_weights(fresh, str(tmp_path / "w.npz"), strict=True)
-    np.testing.assert_array_equal(fresh.layer_by_name("conv").spectral_mask, mask)
+    np.testing.assert_array_equal(fresh.layer_by_name("conv").mask("spectral"), mask)

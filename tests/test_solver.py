@@ -132,16 +132,79 @@ def test_sgd_update_matches_formula(toy, tmp_path):
     np.testing.assert_allclose(p.data, expected, rtol=1e-6)
 
 
-def test_mask_keeps_pruned_weights_zero(toy, tmp_path):
-    s = Solver(toy(), output_dir=str(tmp_path), progress=False, max_iter=15)
+@pytest.mark.parametrize("kind", ["SGD", "Nesterov", "Adam"])
+@pytest.mark.parametrize("clip", [False, True])
+def test_mask_keeps_pruned_weights_zero(toy, tmp_path, kind, clip):
+    """Through momentum, weight decay (L2 and L1), clipping and every solver type."""
+    edits = {"gamma: 0.001": "gamma: 0.001\nclip_gradients: 0.01"} if clip else {}
+    s = Solver(toy(kind, **edits), output_dir=str(tmp_path), progress=False, max_iter=15)
     w = s.net.layer_by_name("conv").params[0]
+    s.step(5)                                   # some momentum first, then prune mid-training
     mask = np.random.default_rng(3).random(w.shape) > 0.5
     w.set_mask(mask)
-    s.solve()
+    s.step(10)
     assert np.all(w.data[~mask] == 0) and np.all(w.data[mask] != 0)
+    assert np.all(s.history[s.params.index(w)][~mask] == 0)       # no stale momentum left
+    s.snapshot()
     # masks travel with the weights file
     arrays = load_npz(str(tmp_path / "toy_iter_15.npz"))
     np.testing.assert_array_equal(arrays["mask/conv/0"], mask.astype(np.float32))
+
+
+def test_l1_decay_keeps_masked_weights_zero(toy, tmp_path):
+    s = Solver(toy(**{"gamma: 0.001": "gamma: 0.001\nregularization_type: L1"}), output_dir=str(tmp_path),
+               progress=False, max_iter=10)
+    w = s.net.layer_by_name("ip").params[0]
+    mask = np.random.default_rng(4).random(w.shape) > 0.3
+    w.set_mask(mask)
+    s.step(10)
+    assert np.all(w.data[~mask] == 0) and np.all(w.data[mask] != 0)
+
+
+def _winograd_twin(toy, kind, weights, **edits):
+    cp = "convolution_param: {num_output: 4, kernel_size: 3, weight_filler: {type: xavier}}"
+    wp = f"{cp}\n    winograd_param: {{tile: 2, weights: {weights}}}"
+    return toy(kind, **{"type: Convolution": "type: WinogradConv", cp: wp,
+                        "dropout_ratio: 0.2": "dropout_ratio: 0.0"}, **edits)
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Nesterov"])
+def test_preconditioned_Q_tracks_G_W_Gt_of_the_spatial_twin(toy, tmp_path, kind):
+    """The gradient note, eq. 15-19 and 27, through the solver: with the preconditioner,
+    momentum and weight decay, every step keeps Q_t = G W_t Gᵀ of the spatial twin."""
+    from wincaffe.transforms.winograd import transform
+    G = transform(2, 3).matrices()[1]
+    sp = Solver(_winograd_twin(toy, kind, "spatial"), output_dir=str(tmp_path / "s"), progress=False,
+                dtype=np.float64)
+    wq = Solver(_winograd_twin(toy, kind, "winograd"), output_dir=str(tmp_path / "w"), progress=False,
+                dtype=np.float64)
+    W, Q = sp.net.layer_by_name("conv").params[0], wq.net.layer_by_name("conv").params[0]
+    assert Q.preconditioner is not None and W.preconditioner is None
+    W0 = W.data.copy()
+    for _ in range(4):
+        np.testing.assert_allclose(Q.data, G @ W.data @ G.T, rtol=1e-10, atol=1e-12)
+        sp.step(1)
+        wq.step(1)
+    np.testing.assert_allclose(Q.data, G @ W.data @ G.T, rtol=1e-10, atol=1e-12)
+    assert np.abs(W.data - W0).max() > 1e-3                                           # it moved
+
+
+def test_preconditioned_diff_stays_the_gradient(toy, tmp_path):
+    """Param.diff is dL/dQ after the update; clipping acts on the preconditioned step."""
+    s = Solver(_winograd_twin(toy, "SGD", "winograd", **{"gamma: 0.001": "gamma: 0.001\nclip_gradients: 1e-3"}),
+               output_dir=str(tmp_path), progress=False, dtype=np.float64)
+    Q = s.net.layer_by_name("conv").params[0]
+    s.net.forward_backward()
+    grad = Q.diff.copy()
+    step = Q.step_direction(np.empty_like(grad))
+    before = Q.data.copy()
+    lr = s.apply_update()
+    np.testing.assert_array_equal(Q.diff, grad)
+    steps = [p.step_direction(np.empty_like(p.data)) for p in s.params]
+    norm = np.sqrt(sum((g ** 2).sum() for g in steps))
+    assert norm > 1e-3                               # clipping was active
+    expected = before - lr * (step * 1e-3 / norm + 0.001 * before)
+    np.testing.assert_allclose(Q.data, expected, rtol=1e-9)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -26,11 +26,6 @@ def random_mask(layer, density=0.7, seed=0):
     return (np.random.default_rng(seed).random((K, C, a, a)) < density).astype(np.float64)
 
 
-def raw_grad(layer, i):
-    """What finite differences measure: dL/dW, dL/dQ (not the preconditioned diff), dL/db."""
-    return layer.raw_weight_grad if i == 0 else layer.params[i].diff
-
-
 # Each parametrization × tile 2, 4, 6 × kernel 3, 5 × pad 0, 1, 2 × odd H, W × ReLU × mask.
 GRAD_CASES = [
     # weights, gradient, tile, r, pad, shape (N, C, H, W), K, relu, masked
@@ -57,15 +52,15 @@ def test_gradients(weights, gradient, tile, r, pad, shape, K, relu, masked):
     layer, bottoms, tops = wconv(shape, K, r, pad=pad, tile=tile, weights=weights, gradient=gradient,
                                  relu=relu)
     if masked:
-        layer.set_winograd_mask(random_mask(layer))
-    check_gradients(layer, bottoms, tops, param_diff=raw_grad, max_checks=40)
+        layer.set_mask("winograd", random_mask(layer))
+    check_gradients(layer, bottoms, tops, max_checks=40)
 
 
 def test_gradients_without_bias_and_with_own_points():
     layer, bottoms, tops = wconv((2, 2, 6, 7), 2, 3, pad=1, tile=3, bias_term=False,
                                  points=["0", "1", "-1", "1/2"])
     assert len(layer.params) == 1
-    check_gradients(layer, bottoms, tops, param_diff=raw_grad)
+    check_gradients(layer, bottoms, tops)
 
 
 @pytest.mark.parametrize("tile,r,pad,shape", [
@@ -122,8 +117,8 @@ def test_spatial_mask_equals_pruned_winograd_weights():
     sm, b, t = wconv(shape, K, r, pad=1, tile=2, weights="spatial_masked")
     wq, _, t2 = wconv(shape, K, r, pad=1, tile=2, weights="winograd")
     mask = random_mask(sm, 0.5)
-    sm.set_winograd_mask(mask)
-    wq.set_winograd_mask(mask)
+    sm.set_mask("winograd", mask)
+    wq.set_mask("winograd", mask)
     assert wq.params[0].mask is not None and np.all(wq.params[0].data[mask == 0] == 0)
     np.testing.assert_allclose(wq.params[0].data, sm.transformed_weights(), atol=1e-14)
     sm.forward(b, t)
@@ -131,14 +126,14 @@ def test_spatial_mask_equals_pruned_winograd_weights():
     np.testing.assert_allclose(t[0].data, t2[0].data, atol=1e-11)
     # the spatial_masked mask is a layer buffer (saved with the weights), changed in place
     buf = sm.buffers["winograd_mask"]
-    assert sm.winograd_mask is buf
     np.testing.assert_array_equal(buf, mask)
-    sm.set_winograd_mask(None)
+    np.testing.assert_array_equal(sm.mask("winograd"), mask)
+    sm.set_mask("winograd", None)
     assert sm.buffers["winograd_mask"] is buf and buf.min() == 1
 
 
 @pytest.mark.parametrize("tile,r,relu", [(2, 3, False), (4, 3, True), (4, 5, False), (6, 3, False)])
-def test_seed_000_preconditioned_step_on_Q_equals_step_on_W(tile, r, relu):
+def test_preconditioned_step_on_Q_equals_step_on_W(tile, r, relu):
     """The gradient note, eq. 15-19: Q₀ = G W₀ Gᵀ, Q₁ = Q₀ − lr·(G Gᵀ) dL/dQ (G Gᵀ) == G W₁ Gᵀ with
     W₁ = W₀ − lr·dL/dW, for the same batch and the same top diff (plain SGD, by hand)."""
     shape, K, lr = (2, 3, 9, 11), 4, 0.1
@@ -153,21 +148,28 @@ def test_seed_000_preconditioned_step_on_Q_equals_step_on_W(tile, r, relu):
         top[0].diff[...] = dy
         layer.backward(top, [False], b)
     W1 = W0 - lr * sp.params[0].diff
-    Q1 = wq.params[0].data - lr * wq.params[0].diff
+    dQ = wq.params[0].diff                          # Param.diff is dL/dQ ...
+    step = np.empty_like(dQ)
+    wq.params[0].step_direction(step)                # ... the solver steps along (G Gᵀ) dL/dQ (G Gᵀ)
+    GGT = G @ G.T
+    np.testing.assert_allclose(step, GGT @ dQ @ GGT, rtol=1e-12, atol=1e-12)
+    Q1 = wq.params[0].data - lr * step
     np.testing.assert_allclose(Q1, G @ W1 @ G.T, rtol=1e-12, atol=1e-12)
     # raw dL/dQ would not do this (the update-step explosion of the gradient note, section 3)
-    Q1_raw = wq.params[0].data - lr * wq.raw_weight_grad
+    Q1_raw = wq.params[0].data - lr * dQ
     assert not np.allclose(Q1_raw, G @ W1 @ G.T, atol=1e-6)
     # and the weight decay term: (G Gᵀ)(λ G W Gᵀ ... ) is λQ (the gradient note, eq. 24): G (λ W) Gᵀ = λ Q
     np.testing.assert_allclose(G @ (0.01 * W0) @ G.T, 0.01 * wq.params[0].data, atol=1e-14)
 
 
-def test_raw_gradient_mode_puts_dL_dQ_in_diff():
+def test_raw_gradient_mode_steps_along_dL_dQ():
     layer, b, t = wconv((1, 2, 6, 6), 2, 3, pad=1, tile=2, weights="winograd", gradient="raw")
+    assert layer.params[0].preconditioner is None
     layer.forward(b, t)
     t[0].diff[...] = 1.0
     layer.backward(t, [True], b)
-    np.testing.assert_array_equal(layer.params[0].diff, layer.raw_weight_grad)
+    step = np.empty_like(layer.params[0].diff)
+    np.testing.assert_array_equal(layer.params[0].step_direction(step), layer.params[0].diff)
 
 
 def test_winograd_relu_zeroes_negative_transformed_inputs():
@@ -217,13 +219,35 @@ def test_clear_config_errors(extra, winograd, field):
     assert "winogradconv" in str(exc.value)  # names the layer
 
 
-def test_mask_errors():
+def test_mask_protocol_errors():
     layer, _, _ = wconv((1, 2, 6, 6), 2, 3)
-    with pytest.raises(ConfigError, match="spatial_masked or winograd"):
-        layer.set_winograd_mask(np.ones((2, 2, 4, 4)))
+    assert layer.prune_domains() == ("spatial",)
+    with pytest.raises(ConfigError, match=r"cannot be pruned in the 'winograd' domain \(its domains: spatial\)"):
+        layer.set_mask("winograd", np.ones((2, 2, 4, 4)))
     layer, _, _ = wconv((1, 2, 6, 6), 2, 3, weights="spatial_masked")
-    with pytest.raises(ValueError, match="mask shape"):
-        layer.set_winograd_mask(np.ones((2, 2, 3, 3)))
+    assert layer.prune_domains() == ("winograd", "spatial")
+    with pytest.raises(ConfigError, match="mask shape"):
+        layer.set_mask("winograd", np.ones((2, 2, 3, 3)))
+    with pytest.raises(ConfigError, match="mask shape"):
+        layer.set_mask("spatial", np.ones((2, 2, 4, 4)))
+    with pytest.raises(ConfigError, match="'spectral' domain"):
+        layer.prune_scores("spectral")
+
+
+@pytest.mark.parametrize("weights", ["spatial", "spatial_masked", "winograd"])
+def test_prune_scores_are_the_magnitudes_the_products_use(weights):
+    layer, b, t = wconv((1, 2, 6, 6), 3, 3, pad=1, tile=2, weights=weights)
+    domain = layer.prune_domains()[0]
+    scores = layer.prune_scores(domain)
+    if domain == "winograd":
+        np.testing.assert_array_equal(scores, np.abs(layer.transformed_weights()))
+        assert scores.shape == (3, 2, 4, 4)
+    else:
+        np.testing.assert_array_equal(scores, np.abs(layer.params[0].data))
+    mask = (np.random.default_rng(2).random(scores.shape) > 0.5).astype(np.float64)
+    layer.set_mask(domain, mask)
+    np.testing.assert_array_equal(layer.mask(domain), mask)
+    assert np.all(layer.prune_scores(domain)[mask == 0] == 0)
 
 
 def _small_net(weights):
@@ -248,17 +272,17 @@ def test_mask_is_shared_with_the_test_net_and_saved_with_the_weights(weights, tm
     test = Net(_small_net(weights), TEST, dtype=np.float64, share_from=train)
     layer, tlayer = train.layer_by_name("conv"), test.layer_by_name("conv")
     mask = random_mask(layer, 0.5, seed=4)
-    layer.set_winograd_mask(mask)
-    np.testing.assert_array_equal(tlayer.winograd_mask, mask)
+    layer.set_mask("winograd", mask)
+    np.testing.assert_array_equal(tlayer.mask("winograd"), mask)
     train.forward_backward()
     test.forward()
     np.testing.assert_allclose(test.blobs["y"].data, train.blobs["y"].data)
     path = str(tmp_path / "w.npz")
     save_weights(train, path)
     fresh = Net(_small_net(weights), TRAIN, dtype=np.float64, seed=1)
-    assert not np.array_equal(fresh.layer_by_name("conv").winograd_mask, mask)
+    assert not np.array_equal(fresh.layer_by_name("conv").mask("winograd"), mask)
     load_weights(fresh, path)
-    np.testing.assert_array_equal(fresh.layer_by_name("conv").winograd_mask, mask)
+    np.testing.assert_array_equal(fresh.layer_by_name("conv").mask("winograd"), mask)
 
 
 # ----- few input channels: the products fused into the tiling kernels ---------------------
@@ -270,7 +294,7 @@ def test_fused_small_channel_path_gradients(C, tile, r, pad, relu, weights):
     import layers.winograd_conv as wc
     assert C <= wc.FUSED_MAX_C
     layer, bottoms, tops = wconv((2, C, 9, 11), 3, r, pad=pad, tile=tile, weights=weights, relu=relu)
-    check_gradients(layer, bottoms, tops, param_diff=raw_grad, max_checks=40)
+    check_gradients(layer, bottoms, tops, max_checks=40)
 
 
 @pytest.mark.parametrize("C", [1, 2])

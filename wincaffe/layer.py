@@ -58,20 +58,29 @@ class Blob:
 
 
 class Param:
-    """A learnable parameter: ``data``, its gradient ``diff`` and an optional ``mask``.
+    """A learnable parameter: ``data``, its gradient ``diff``, an optional ``mask``
+    and an optional ``preconditioner``.
+
+    ``diff`` is always the gradient dL/d(data), as back-propagation computes it.
 
     ``mask`` (same shape, 0/1) marks pruned entries: the solver zeroes the masked
     entries of the update and of ``data`` after every step, so pruned weights
     stay exactly zero while the rest is retrained.
+
+    ``preconditioner`` (None, or a callable ``P(diff, out)`` that writes a linear
+    map of ``diff`` into ``out``, both shaped like ``data``) is what the solver
+    steps along instead of ``diff``: e.g. (G Gᵀ) ∂L/∂Q (G Gᵀ) for Winograd-domain
+    weights (the gradient note, eq. 18). See :mod:`wincaffe.solver` for the order.
     """
 
-    __slots__ = ("name", "data", "diff", "mask", "lr_mult", "decay_mult")
+    __slots__ = ("name", "data", "diff", "mask", "preconditioner", "lr_mult", "decay_mult")
 
     def __init__(self, name, data, lr_mult=1.0, decay_mult=1.0):
         self.name = name
         self.data = data
         self.diff = np.zeros_like(data)
         self.mask = None
+        self.preconditioner = None
         self.lr_mult, self.decay_mult = lr_mult, decay_mult
 
     @property
@@ -88,6 +97,14 @@ class Param:
             raise ValueError(f"param {self.name}: mask shape {mask.shape} != data shape {self.data.shape}")
         self.mask = (mask != 0).astype(self.data.dtype)
         self.data *= self.mask
+
+    def step_direction(self, out):
+        """Write what the solver steps along into ``out``: P(diff), or diff itself."""
+        if self.preconditioner is None:
+            np.copyto(out, self.diff)
+        else:
+            self.preconditioner(self.diff, out)
+        return out
 
     def __repr__(self):
         return f"Param({self.name!r}, shape={self.shape})"
@@ -177,6 +194,97 @@ class Layer:
 
     def set_state(self, state):
         """Restore what :meth:`get_state` returned."""
+
+    # ----- optional: constants a weights file must agree on -----------------------
+    def model_constants(self):
+        """``{name: (value, field)}``: integers resolved at setup that the saved
+        weights depend on (e.g. an FFT size, which fixes every mask's shape). They
+        are written to weights files (``const/<layer>/<name>``) and a file whose
+        values differ is refused with one line naming the layer and ``field``."""
+        return {}
+
+    # ----- optional: data layers ----------------------------------------------------
+    def epoch_length(self):
+        """Batches per pass over the data set (a data layer), else None."""
+        return None
+
+    # ----- optional protocol: pruning (wincaffe.pruning) -----------------------------
+    # A layer that can be pruned names its domains and, per domain, gives scores
+    # (magnitudes; first two axes (K, C)), reports its 0/1 mask and installs a new
+    # one. How a mask is stored (Param.mask, a buffer, ...) is the layer's business.
+    prune_by_default = False   # pruned when the user names no layers (convolutions)
+
+    def prune_domains(self):
+        """The domains this layer can be pruned in, the one it multiplies in first:
+        a subset of ``("spatial", "winograd", "spectral")``; () for none."""
+        return ()
+
+    def prune_scores(self, domain):
+        """Magnitudes of the weights in ``domain``, an array (K, C, ...) that
+        :meth:`mask` and :meth:`set_mask` share the shape of."""
+        raise self._no_domain(domain)
+
+    def mask(self, domain):
+        """The current 0/1 mask in ``domain`` (ones where nothing is pruned), a new array."""
+        raise self._no_domain(domain)
+
+    def set_mask(self, domain, mask):
+        """Install a 0/1 mask in ``domain`` (None: prune nothing)."""
+        raise self._no_domain(domain)
+
+    def prune_partners(self, domain):
+        """None, or an int array ``partner`` over the trailing axes of the scores
+        (flattened): entries i and partner[i] must be pruned together (e.g. the
+        conjugate pairs of a real FFT's half spectrum); partner[i] == i for singles."""
+        return None
+
+    def _no_domain(self, domain):
+        have = ", ".join(self.prune_domains()) or "none"
+        return self.error(f"cannot be pruned in the {domain!r} domain (its domains: {have})")
+
+    def _check_domain(self, domain):
+        if domain not in self.prune_domains():
+            raise self._no_domain(domain)
+
+    # helpers for the common case: param ``index`` itself is pruned (Param.mask)
+    def _param_scores(self, index=0):
+        return np.abs(self.params[index].data)
+
+    def _param_mask(self, index=0):
+        p = self.params[index]
+        return np.ones_like(p.data) if p.mask is None else p.mask.copy()
+
+    def _set_param_mask(self, mask, index=0):
+        p = self.params[index]
+        if mask is not None and np.shape(mask) != p.shape:
+            raise self.error(f"mask shape {np.shape(mask)} does not fit param {index} {p.shape}")
+        p.set_mask(mask)
+
+    # ----- optional protocol: transform-domain activations ---------------------------
+    def activation_density(self, bottoms):
+        """Right after this layer's forward on ``bottoms``: ``(domain, fraction of
+        nonzero inputs)`` at the point where it multiplies (Liu et al., Fig. 3), or None."""
+        return None
+
+
+class SpatialPruning:
+    """Mixin for a layer pruned in the ``spatial`` domain only, through param 0's
+    ``Param.mask`` (scores |W|): ``class Convolution(SpatialPruning, Layer)``."""
+
+    def prune_domains(self):
+        return ("spatial",)
+
+    def prune_scores(self, domain):
+        self._check_domain(domain)
+        return self._param_scores()
+
+    def mask(self, domain):
+        self._check_domain(domain)
+        return self._param_mask()
+
+    def set_mask(self, domain, mask):
+        self._check_domain(domain)
+        self._set_param_mask(mask)
 
 
 # ----- registry -------------------------------------------------------------------

@@ -5,8 +5,10 @@ so a crash mid-write never leaves a truncated snapshot under the final name.
 Read with ``allow_pickle=False``: a snapshot holds arrays and strings only.
 
 Weights file keys: ``param/<layer>/<i>`` (data), ``mask/<layer>/<i>`` (masks,
-when set) and ``buffer/<layer>/<name>`` (layer buffers: model arrays that are not
-learned, such as a transform-domain mask). Solver-state keys: ``iter``, ``history/<k>/<layer>/<i>``,
+when set), ``buffer/<layer>/<name>`` (layer buffers: model arrays that are not
+learned, such as a transform-domain mask) and ``const/<layer>/<name>`` (integers
+the weights depend on, such as an FFT size: ``Layer.model_constants``; a file
+whose constants differ from the net's is refused). Solver-state keys: ``iter``, ``history/<k>/<layer>/<i>``,
 ``rng/<net>``, ``layer/<net>/<layer>/<name>``, ``weights`` (the weights file).
 """
 import os
@@ -65,7 +67,7 @@ def _numeric(path, key, array, shape):
 
 
 def weights_arrays(net):
-    """The arrays of a weights file for ``net``."""
+    """The arrays of a weights file for ``net`` (views of the net's arrays, not copies)."""
     out = {}
     for layer in net.layers:
         for i, p in enumerate(layer.params):
@@ -74,6 +76,8 @@ def weights_arrays(net):
                 out[f"mask/{layer.name}/{i}"] = p.mask
         for name, arr in layer.buffers.items():
             out[f"buffer/{layer.name}/{name}"] = arr
+        for name, (value, _) in layer.model_constants().items():
+            out[f"const/{layer.name}/{name}"] = np.asarray(value, dtype=np.int64)
     return out
 
 
@@ -88,7 +92,19 @@ def load_weights(net, path, *, strict=False):
     ``--weights``: fine-tuning from a different net); with ``strict`` that is an
     error. A shape mismatch is always an error naming the layer.
     Returns the number of params loaded."""
-    arrays = load_npz(path)
+    return load_weights_arrays(net, load_npz(path), path, strict=strict)
+
+
+def load_weights_arrays(net, arrays, path="weights", *, strict=False):
+    """:func:`load_weights` from a dict of arrays (as :func:`weights_arrays` gives);
+    ``path`` names the source in errors."""
+    for layer in net.layers:   # constants first: a different FFT size explains every shape below
+        for name, (value, field) in layer.model_constants().items():
+            key = f"const/{layer.name}/{name}"
+            if key in arrays and not np.array_equal(arrays[key], np.asarray(value)):
+                raise SnapshotError(f"{path}: layer '{layer.name}' ({layer.type_name}): {field} is "
+                                    f"{arrays[key].tolist()} in the file but {list(np.asarray(value).tolist())} "
+                                    f"in the net")
     loaded = 0
     for layer in net.layers:
         for i, p in enumerate(layer.params):

@@ -1,8 +1,15 @@
 """Solvers (SGD, Nesterov, Adam), the training loop, testing and snapshots.
 
-Per parameter, each iteration (Caffe's ApplyUpdate, with masks added):
-    g  = diff + weight_decay · decay_mult · data          (L2; sign(data) for L1)
-    g ⊙= mask                                             (pruned entries get no update)
+Per parameter, each iteration (Caffe's ApplyUpdate, with preconditioners and masks
+added), in this order:
+    g  = P(diff)              the param's preconditioner, else g = diff (Param.diff itself
+                              stays the gradient dL/d(data))
+    g ·= c / ‖g‖              clip_gradients c: one global L2 norm over all params' g
+                              (Caffe clips before normalising and regularising)
+    g /= iter_size
+    g += weight_decay · decay_mult · data    (L2; sign(data) for L1; not preconditioned:
+                              with P the gradient note's (G Gᵀ)·(G Gᵀ), this is its eq. 27)
+    g ⊙= mask                 pruned entries get no update, no momentum
     SGD:      h = momentum · h + lr · lr_mult · g;  data −= h
     Nesterov: h' = momentum · h + lr · lr_mult · g; data −= (1 + momentum) h' − momentum · h
     Adam:     m, v moments; data −= lr · lr_mult · √(1−β2ᵗ)/(1−β1ᵗ) · m / (√v + δ)
@@ -56,6 +63,7 @@ class Solver:
         self.losses = []            # smoothed over average_loss iterations, as Caffe
         self.last_test = {}
         self.last_snapshot = None
+        self._steps = None          # per-param step directions (scratch)
 
     # ----- the update rule ------------------------------------------------------------
     def learning_rate(self):
@@ -64,14 +72,15 @@ class Solver:
     def apply_update(self):
         s = self.spec
         lr = self.learning_rate()
-        self._clip_gradients()  # on the summed gradient, before normalising (Caffe's order)
-        if s.iter_size > 1:
-            for p in self.params:
-                p.diff /= s.iter_size
-        for k, p in enumerate(self.params):
+        if self._steps is None:
+            self._steps = [np.empty_like(p.data) for p in self.params]
+        steps = [p.step_direction(g) for p, g in zip(self.params, self._steps)]
+        self._clip(steps)
+        for k, (p, g) in enumerate(zip(self.params, steps)):
+            if s.iter_size > 1:
+                g /= s.iter_size
             rate = lr * p.lr_mult
             decay = s.weight_decay * p.decay_mult
-            g = p.diff
             if decay:
                 if s.regularization_type == "L2":
                     g += decay * p.data
@@ -98,19 +107,23 @@ class Solver:
                 v += (1 - s.momentum2) * g * g
                 corr = math.sqrt(1 - s.momentum2 ** t) / (1 - s.momentum ** t)
                 p.data -= rate * corr * h / (np.sqrt(v) + s.delta)
-            if p.mask is not None:
+            if p.mask is not None:     # pruned entries: zero weights, no stale momentum
                 p.data *= p.mask
+                h *= p.mask
+                if self.history2 is not None:
+                    self.history2[k] *= p.mask
         return lr
 
-    def _clip_gradients(self):
+    def _clip(self, steps):
+        """Scale every step direction by c/‖g‖ when their global L2 norm exceeds c."""
         c = self.spec.clip_gradients
         if c <= 0:
             return
-        norm = math.sqrt(sum(float((p.diff.astype(np.float64) ** 2).sum()) for p in self.params))
+        norm = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in steps))
         if norm > c:
             log.info(f"Gradient clipping: scaling down gradients (L2 norm {norm:.4g} > {c:.4g}) by scale factor {c / norm:.4g}")
-            for p in self.params:
-                p.diff *= c / norm
+            for g in steps:
+                g *= c / norm
 
     # ----- training loop ----------------------------------------------------------------
     def step(self, iters, bar=None):

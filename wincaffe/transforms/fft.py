@@ -103,20 +103,57 @@ def _smooth(n, primes):
     return n == 1
 
 
-def next_fast_len(n, backend="pyfftw"):
-    """The smallest size ≥ n that the backend transforms fast.
+def next_fast_len(n):
+    """The smallest 5-smooth size (2^a·3^b·5^c) ≥ n.
 
-    FFTW: 2^a·3^b·5^c·7^d (FFTW's fast radices; 11 and 13 are also handled but
-    with less efficient codelets). pocketfft (``scipy``, ``numpy``): 2^a·3^b·5^c,
-    as ``scipy.fft.next_fast_len(n, real=True)``.
+    Every backend transforms these fast (FFTW and pocketfft both have radix-2, 3
+    and 5 codelets; this is ``scipy.fft.next_fast_len(n, real=True)``). The rule
+    is the same whichever FFT library is installed, so an FFT size, and with it
+    the shape of every spectral mask, never depends on the backend.
     """
     n = int(n)
     if n < 1:
         raise ValueError(f"FFT size must be >= 1, got {n}")
-    primes = (2, 3, 5, 7) if backend == "pyfftw" else (2, 3, 5)
-    while not _smooth(n, primes):
+    while not _smooth(n, (2, 3, 5)):
         n += 1
     return n
+
+
+def conjugate_partners(fh, fw):
+    """partner (Fh·Fw',) int: for each entry (u, v) of a half spectrum (flattened
+    row-major), the flat index of the entry holding its complex conjugate when both
+    are stored, else its own index.
+
+    The half spectrum of a real Fh × Fw array stores columns v = 0 .. Fw//2. Columns
+    v = 0 and (Fw even) v = Fw/2 are their own mirror, so X[u, v] = conj(X[−u mod Fh, v])
+    there: entries (u, v) and (−u mod Fh, v) are a conjugate pair (u = 0 and, Fh
+    even, u = Fh/2 are real and their own partner). Every other column is single.
+    """
+    fw2 = half_width(fw)
+    u = np.arange(fh)[:, None]
+    v = np.arange(fw2)[None, :]
+    mirrored = np.isin(v, self_mirrored_columns(fw))
+    pu = np.where(mirrored, (-u) % fh, u)
+    return (pu * fw2 + v).reshape(-1).astype(np.intp)
+
+
+def self_mirrored_columns(fw):
+    """The half-spectrum columns that are their own mirror: [0] and, Fw even, Fw/2."""
+    return [0] + ([fw // 2] if fw % 2 == 0 and fw > 1 else [])
+
+
+def hermitian_part(X, fw):
+    """The half spectrum X (..., Fh, Fw') as a real array's spectrum sees it: on the
+    self-mirrored columns (v = 0, v = Fw/2) each entry is replaced by
+    (X[u, v] + conj(X[−u mod Fh, v])) / 2, which is all a c2r transform reads of them
+    (the rest, anti-Hermitian, is ignored). Other columns are unchanged. A new array."""
+    out = np.array(X, copy=True)
+    fh = out.shape[-2]
+    mirror = (-np.arange(fh)) % fh
+    for v in self_mirrored_columns(fw):
+        col = out[..., :, v].copy()
+        out[..., :, v] = (col + np.conj(col[..., mirror])) / 2
+    return out
 
 
 # ----- small arrays on a large canvas: DFTs as matrix products ---------------------------------
