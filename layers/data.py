@@ -110,6 +110,13 @@ class Data(Layer):
             out[i] = padded[i, ..., oy:oy + H, ox:ox + W]
         return out
 
+    def epoch_length(self):
+        return -(-len(self.labels) // self.batch_size)
+
+    def rewind(self):
+        if not self.shuffle:
+            self.cursor = 0
+
     def get_state(self):
         return {"cursor": np.array(self.cursor), "order": self.order,
                 "rng": np.array(json.dumps(self.own_rng.bit_generator.state))}

@@ -64,22 +64,23 @@ def cmd_test(args):
     net = _load_net(args, TEST)
     if not args.weights:
         log.warning("No --weights given: testing the randomly initialised net")
-    sums = {}
-    iterator = range(args.iterations)
+    bar = None
     if sys.stderr.isatty():
         from tqdm import tqdm
-        iterator = tqdm(iterator, desc="test", unit="batch", leave=False)
-    for i in iterator:
-        net.forward()
-        for name in net.outputs:
-            d = net.blobs[name].data
-            if d.size == 1:
-                sums[name] = sums.get(name, 0.0) + float(d)
-                log.info(f"Batch {i}, {name} = {float(d):.6g}")
-    for name, total in sums.items():
-        log.info(f"Loss: {total / args.iterations:.6g}" if "loss" in name else f"{name} = {total / args.iterations:.6g}")
-    for name, total in sums.items():
-        print(f"{name} = {total / args.iterations:.4f}")
+        bar = tqdm(total=args.iterations, desc="test", unit="batch", leave=False)
+
+    def on_batch(i, batch):
+        for name, value in batch.items():
+            log.info(f"Batch {i}, {name} = {value:.6g}")
+        if bar is not None:
+            bar.update(1)
+    means = net.evaluate(args.iterations, on_batch=on_batch)
+    if bar is not None:
+        bar.close()
+    for name, mean in means.items():
+        log.info(f"Loss: {mean:.6g}" if "loss" in name else f"{name} = {mean:.6g}")
+    for name, mean in means.items():
+        print(f"{name} = {mean:.4f}")
     return 0
 
 

@@ -208,6 +208,10 @@ class Layer:
         """Batches per pass over the data set (a data layer), else None."""
         return None
 
+    def rewind(self):
+        """Serve the data from the start again (a data layer that does not shuffle), so
+        that repeated evaluations on part of a test set see the same samples."""
+
     # ----- optional protocol: pruning (wincaffe.pruning) -----------------------------
     # A layer that can be pruned names its domains and, per domain, gives scores
     # (magnitudes; first two axes (K, C)), reports its 0/1 mask and installs a new

@@ -231,6 +231,32 @@ class Net:
         self.backward()
         return loss
 
+    def evaluate(self, iterations, *, rewind=False, on_batch=None):
+        """Mean of every scalar output over ``iterations`` forward passes, e.g.
+        ``{"accuracy": 0.9912, "loss": 0.028}``. ``rewind``: data layers start over
+        first (the same samples on every call). ``on_batch(i, {name: value})``."""
+        if rewind:
+            for layer in self.layers:
+                layer.rewind()
+        sums = {}
+        for i in range(iterations):
+            self.forward()
+            batch = {name: float(self.blobs[name].data) for name in self.outputs
+                     if self.blobs[name].data.size == 1}
+            for name, value in batch.items():
+                sums[name] = sums.get(name, 0.0) + value
+            if on_batch is not None:
+                on_batch(i, batch)
+        return {name: total / iterations for name, total in sums.items()}
+
+    def epoch_length(self):
+        """Batches per epoch of the net's data layer (None without one)."""
+        for layer in self.layers:
+            n = layer.epoch_length()
+            if n:
+                return n
+        return None
+
     def output_values(self):
         """{name: float or array} of the output blobs after a forward."""
         out = {}

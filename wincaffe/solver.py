@@ -213,25 +213,18 @@ class Solver:
         return self.last_test
 
     # ----- testing -------------------------------------------------------------------------
-    def test(self, iterations=None):
-        """Average every output of the test net over ``test_iter`` batches."""
+    def test(self, iterations=None, *, rewind=False):
+        """Average every output of the test net over ``test_iter`` batches (or
+        ``iterations``); ``rewind``: from the start of the test data."""
         if self.test_net is None:
             return {}
         n = iterations or self.spec.test_iter
         log.info(f"Iteration {self.iter}, Testing net (#0)")
-        sums = {}
-        for _ in range(n):
-            self.test_net.forward()
-            for name in self.test_net.outputs:
-                d = self.test_net.blobs[name].data
-                if d.size == 1:
-                    sums[name] = sums.get(name, 0.0) + float(d)
+        means = self.test_net.evaluate(n, rewind=rewind)
         weights = {t.name: w for tops, ws in zip(self.test_net.top_vecs, self.test_net.loss_weights)
                    for t, w in zip(tops, ws)}
-        self.last_test = {}
-        for i, (name, total) in enumerate(sums.items()):
-            mean = total / n
-            self.last_test[name] = mean
+        self.last_test = means
+        for i, (name, mean) in enumerate(means.items()):
             w = weights.get(name, 0.0)
             extra = f" (* {w:g} = {mean * w:.6g} loss)" if w else ""
             log.info(f"    Test net output #{i}: {name} = {mean:.6g}{extra}")
