@@ -99,6 +99,50 @@ def cmd_time(args):
     return 0
 
 
+def _names(text):
+    return [t for t in (text or "").replace(" ", "").split(",") if t] or None
+
+
+def cmd_prune(args):
+    from wincaffe.prune_job import DEFAULT_SENSITIVITY_RATES, PruneJob, parse_rates
+    rates = parse_rates(args.rates) if args.rates else None
+    job = PruneJob(args.solver, args.weights, net=args.net, layers=_names(args.layers),
+                   skip_first=args.skip_first, domain=args.domain, scope=args.scope,
+                   test_iterations=args.test_iterations, base_lr=args.base_lr, output=args.output,
+                   dtype=_dtype(args.dtype), progress=False if args.no_progress else None)
+    if args.sensitivity:
+        report = job.sensitivity(rates or DEFAULT_SENSITIVITY_RATES)
+        print(report["table"])
+        print(f"dense accuracy = {report['accuracy_dense']:.4f}")
+        print(f"wrote {report['plot'] or '(no plot: matplotlib missing)'} and its .csv/.json")
+        return 0
+    report = job.run(schedule=args.schedule, rate=args.rate, rates=rates, retrain_iters=args.retrain_iters,
+                     retrain_epochs=args.retrain_epochs, agp_steps=args.agp_steps)
+    print(report["table"])
+    for key in ("accuracy_dense", "accuracy_pruned", "accuracy_retrained"):
+        print(f"{key} = {report[key]:.4f}")
+    print(f"wrote {report['weights_out']}, {', '.join(report['report_files'])}")
+    return 0
+
+
+def cmd_density(args):
+    from wincaffe.density import activation_densities
+    from wincaffe.layer import TEST
+    from wincaffe.report import Column, format_table
+    if args.iterations < 1:
+        raise WincaffeError(f"--iterations: must be >= 1, got {args.iterations}")
+    net = _load_net(args, TEST)
+    rows = activation_densities(net, args.iterations)
+    if args.json:
+        import json
+        print(json.dumps({"layers": rows}, indent=2))
+        return 0
+    print(format_table(rows, [Column("name", "layer"), Column("type"), Column("domain"),
+                              Column("mean", "density mean", "{:.2%}"), Column("std", "std", "{:.2%}"),
+                              Column("batches")]))
+    return 0
+
+
 def cmd_data_fetch(args):
     from wincaffe.data import fetch_mnist
     fetchers = {"mnist": fetch_mnist}
@@ -150,6 +194,56 @@ def build_parser():
     common(tm)
     tm.add_argument("--iterations", type=int, default=50, help="number of timed iterations (default 50)")
     tm.set_defaults(func=cmd_time)
+
+    pr = sub.add_parser("prune", help="prune a trained net in the spatial, Winograd or FFT domain and retrain",
+                        description="Prune the weights of --weights by magnitude in each layer's domain "
+                                    "(spatial W, Winograd-domain U, or the kernel's half spectrum), test, "
+                                    "retrain with the masks fixed, test again. Writes <net>_pruned.npz (an "
+                                    "ordinary weights file with the masks) and <net>_pruned.json/.csv into "
+                                    "--output. With --sensitivity: each layer pruned alone at --rates, no "
+                                    "retraining, as a table and <net>_sensitivity.png.")
+    pr.add_argument("--solver", required=True, help="solver definition (YAML): the net, the test set and "
+                                                    "the retraining schedule")
+    pr.add_argument("--weights", required=True, help="trained weights (.npz) to prune")
+    pr.add_argument("--rate", type=float, help="fraction of entries to prune, in [0, 1] (oneshot, agp)")
+    pr.add_argument("--scope", default="layer", choices=("layer", "kernel", "filter", "global"),
+                    help="one threshold per layer (default), per (k, c) kernel, whole filters by Frobenius "
+                         "norm, or one threshold over all chosen layers")
+    lg = pr.add_mutually_exclusive_group()
+    lg.add_argument("--layers", help="comma-separated layers to prune (default: every conv layer)")
+    lg.add_argument("--skip-first", action="store_true", help="leave the first conv layer dense (Liu et al.)")
+    pr.add_argument("--domain", choices=("spatial", "winograd", "spectral"),
+                    help="prune every chosen layer in this domain (default: each layer's own, the domain "
+                         "its products are in)")
+    pr.add_argument("--schedule", default="oneshot", choices=("oneshot", "rounds", "agp"),
+                    help="oneshot (default); rounds: each rate of --rates then retraining; agp: gradual "
+                         "pruning to --rate during retraining (Zhu & Gupta)")
+    pr.add_argument("--rates", help="comma-separated rates: the rounds of --schedule rounds, or the scan of "
+                                    "--sensitivity (default 0.1,...,0.9,0.95)")
+    rl = pr.add_mutually_exclusive_group()
+    rl.add_argument("--retrain-iters", type=int, help="retraining iterations per round")
+    rl.add_argument("--retrain-epochs", type=float, help="retraining epochs per round (default 1)")
+    pr.add_argument("--agp-steps", type=int, default=10, help="mask updates of the agp schedule (default 10), "
+                                                              "spread over the first half of retraining")
+    pr.add_argument("--base-lr", type=float, help="retraining learning rate (default: the solver's base_lr)")
+    pr.add_argument("--net", help="prune this net instead of the solver's 'net'")
+    pr.add_argument("--output", default=".", help="folder for the pruned weights and the report (default: .)")
+    pr.add_argument("--sensitivity", action="store_true", help="scan each layer alone, no retraining")
+    pr.add_argument("--test-iterations", type=int, help="test batches per evaluation (default: the "
+                                                        "solver's test_iter); always the first ones")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    common(pr, model=False)
+    pr.set_defaults(func=cmd_prune)
+
+    de = sub.add_parser("density", help="activation density where each layer multiplies (Liu et al. Fig. 3)",
+                        description="Run the TEST phase for --iterations batches and print, per layer that "
+                                    "multiplies, the fraction of nonzero inputs at the point of "
+                                    "multiplication (V = B^T d B for WinogradConv, after its Winograd-ReLU), "
+                                    "mean and standard deviation over the batches.")
+    common(de)
+    de.add_argument("--iterations", type=int, default=10, help="number of test batches (default 10)")
+    de.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    de.set_defaults(func=cmd_density)
 
     d = sub.add_parser("data", help="datasets", description="Dataset commands.")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")

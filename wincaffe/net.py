@@ -216,9 +216,15 @@ class Net:
                 t.diff[...] = w
         self.layers[i].backward(self.top_vecs[i], self.propagate_down[i], self.bottom_vecs[i])
 
-    def forward(self):
-        """Run every layer forward; returns the weighted sum of the loss tops."""
-        return sum(self._forward_layer(i) for i in range(len(self.layers)))
+    def forward(self, observe=None):
+        """Run every layer forward; returns the weighted sum of the loss tops.
+        ``observe(layer, bottoms, tops)`` is called right after each layer's forward."""
+        loss = 0.0
+        for i in range(len(self.layers)):
+            loss += self._forward_layer(i)
+            if observe is not None:
+                observe(self.layers[i], self.bottom_vecs[i], self.top_vecs[i])
+        return loss
 
     def backward(self):
         """Backpropagate from the loss tops; fills param and blob diffs."""
@@ -248,6 +254,11 @@ class Net:
             if on_batch is not None:
                 on_batch(i, batch)
         return {name: total / iterations for name, total in sums.items()}
+
+    def batch_size(self):
+        """The first axis of the first top of the net's first layer (its data), or 0."""
+        tops = self.top_vecs[0] if self.top_vecs else []
+        return int(tops[0].shape[0]) if tops and tops[0].shape else 0
 
     def epoch_length(self):
         """Batches per epoch of the net's data layer (None without one)."""

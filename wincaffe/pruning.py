@@ -255,31 +255,36 @@ def select_targets(net, layers=None, *, skip_first=False, domain=None):
     return targets
 
 
-def compute_masks(targets, rate, scope="layer"):
-    """{layer name: new mask} for pruning ``rate`` of each target in ``scope``."""
+def check_scope(targets, scope):
+    """A ConfigError unless ``scope`` can prune ``targets``: a known scope; global
+    over one domain only; kernel scope only for layers whose weights have kernels."""
     if scope not in SCOPES:
         raise ConfigError(f"must be one of {', '.join(SCOPES)}, got {scope!r}", field="--scope")
+    if scope == "global" and len({t.domain for t in targets}) > 1:
+        which = ", ".join(f"{t.name} ({t.domain})" for t in targets)
+        raise ConfigError(f"global scope over layers of different domains: {which}; their magnitudes are "
+                          "not comparable (choose one domain with --domain, or another scope)", field="--scope")
+    if scope == "kernel":
+        for t in targets:
+            shape = t.layer.prune_scores(t.domain).shape
+            if len(shape) < 3:
+                raise ConfigError(f"kernel scope needs kernels, but its {t.domain} weights are {shape} "
+                                  "(use scope layer or filter)", layer=t.name, layer_type=t.layer.type_name,
+                                  field="--scope")
+
+
+def compute_masks(targets, rate, scope="layer"):
+    """{layer name: new mask} for pruning ``rate`` of each target in ``scope``."""
+    check_scope(targets, scope)
     rate = check_rate(rate)
     if scope == "global":
-        domains = {t.domain for t in targets}
-        if len(domains) > 1:
-            which = ", ".join(f"{t.name} ({t.domain})" for t in targets)
-            raise ConfigError(f"global scope over layers of different domains: {which}; their magnitudes are "
-                              "not comparable (choose one domain with --domain, or another scope)", field="--scope")
         masks = global_masks([t.layer.prune_scores(t.domain) for t in targets], rate,
                              currents=[t.layer.mask(t.domain) for t in targets],
                              partners=[t.layer.prune_partners(t.domain) for t in targets])
         return {t.name: m for t, m in zip(targets, masks)}
-    out = {}
-    for t in targets:
-        scores = t.layer.prune_scores(t.domain)
-        if scope == "kernel" and scores.ndim < 3:
-            raise ConfigError(f"kernel scope needs kernels, but its {t.domain} weights are {scores.shape} "
-                              "(use scope layer or filter)", layer=t.name, layer_type=t.layer.type_name,
-                              field="--scope")
-        out[t.name] = magnitude_mask(scores, rate, scope=scope, current=t.layer.mask(t.domain),
-                                     partner=t.layer.prune_partners(t.domain))
-    return out
+    return {t.name: magnitude_mask(t.layer.prune_scores(t.domain), rate, scope=scope,
+                                   current=t.layer.mask(t.domain), partner=t.layer.prune_partners(t.domain))
+            for t in targets}
 
 
 def apply_masks(targets, masks):

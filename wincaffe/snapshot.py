@@ -20,17 +20,19 @@ import numpy as np
 from wincaffe.errors import SnapshotError
 
 
-def save_npz(path, arrays):
-    """Write ``arrays`` (name -> array) to ``path`` atomically."""
+def atomic_write(path, write, *, binary=True):
+    """Create ``path`` through ``write(file)`` atomically: a temp file in the same
+    folder, fsync, then ``os.replace``; on any failure nothing is left behind."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a snapshot is an ordinary file
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -38,6 +40,16 @@ def save_npz(path, arrays):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_npz(path, arrays):
+    """Write ``arrays`` (name -> array) to ``path`` atomically."""
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+def save_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda fh: fh.write(text), binary=False)
 
 
 def load_npz(path):
