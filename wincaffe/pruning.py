@@ -13,7 +13,8 @@ deterministic. Entries already pruned are pruned first and stay pruned: masks
 only shrink, and a rate below the current one changes nothing. Entries that must
 go together (a layer's ``prune_partners``: the conjugate pairs of an FFT half
 spectrum) are kept or pruned as one; where a pair would overshoot round(R·n) by
-one, the next single entry is pruned instead.
+one, the next single entry is pruned instead (where no single is left, the pair
+replaces the last single taken; only if there is none either is the count one over).
 
 Scopes:
     layer   one threshold per layer (Liu et al. §2, Liu & Turakhia §4.1)
@@ -92,14 +93,18 @@ def select(scores, pinned, targets, partner=None):
     order = np.argsort(key, axis=1, kind="stable")
     size_sorted = size[order]
     take = np.cumsum(size_sorted, axis=1) <= targets[:, None]
-    take |= np.take_along_axis(gpin, order, axis=1)
+    pin_sorted = np.take_along_axis(gpin, order, axis=1)
+    take |= pin_sorted
     short = (size_sorted * take).sum(axis=1) < targets     # one slot left before a pair
     for r in np.flatnonzero(short):
         single = np.flatnonzero(~take[r] & (size_sorted[r] == 1))
-        if single.size:
+        if single.size:                                     # the next single entry instead
             take[r, single[0]] = True
-        else:                                               # nothing but pairs left: one over
-            take[r, np.flatnonzero(~take[r])[0]] = True
+            continue
+        swap = np.flatnonzero(take[r] & (size_sorted[r] == 1) & ~pin_sorted[r])
+        if swap.size:                                       # only pairs left: trade a single for one
+            take[r, swap[-1]] = False
+        take[r, np.flatnonzero(~take[r] & (size_sorted[r] == 2))[0]] = True
     gtake = np.zeros_like(take)
     np.put_along_axis(gtake, order, take, axis=1)
     pruned = np.zeros((rows, n), bool)
