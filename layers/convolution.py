@@ -10,6 +10,7 @@ Fig. 1a: the conventional baseline).
 import numpy as np
 
 from wincaffe._kernels.im2col import col2im, im2col
+from wincaffe import counting
 from wincaffe.conv_geometry import conv_output_shape, require_4d
 from wincaffe.fillers import fill
 from wincaffe.layer import Layer, SpatialPruning, register
@@ -79,3 +80,13 @@ class Convolution(SpatialPruning, Layer):
     def activation_density(self, bottoms):
         x = bottoms[0].data
         return "spatial", float(np.count_nonzero(x)) / x.size
+
+    def count_mults(self):
+        K, C = self.params[0].shape[:2]
+        W = self.params[0].data
+        return {"direct": K * C * self.k * self.k * self.oh * self.ow, "weight_domain": "spatial",
+                "weight_density": float(np.count_nonzero(W)) / W.size}
+
+    def count_sparse_mults(self, bottoms):
+        return {"direct_sparse": counting.conv_nonzero_products(bottoms[0].data, self.params[0].data, self.pad,
+                                                                self.stride, self.dilation)}

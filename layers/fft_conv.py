@@ -86,6 +86,7 @@ complex128. The user-facing mask and spectra are (K, C, Fh, Fw').
 """
 import numpy as np
 
+from wincaffe import counting
 from wincaffe.errors import ConfigError
 from wincaffe.conv_geometry import conv_output_shape, require_4d, require_unit_stride
 from wincaffe.fillers import fill
@@ -240,6 +241,23 @@ class FFTConv(Layer):
             self.params[0].set_mask(None if mask is None else np.repeat(mask[..., None], 2, axis=-1))
         else:  # in place: a TEST net sharing this buffer sees the new mask too
             self.buffers["spectral_mask"][...] = 1 if mask is None else mask
+
+    # ----- multiply accounting (wincaffe.counting) ---------------------------------------
+    def count_mults(self):
+        K, C, Fh, Fw2 = self.spectrum_shape
+        M = self._spectral_mask()
+        kept = K * C * Fh * Fw2 if M is None else int(np.count_nonzero(M))
+        one_fft = counting.rfft2_mults(*self.fshape)
+        transforms = (C + K) * one_fft + (K * C * one_fft if self.weights_mode != "spectral" else 0)
+        G = self.spectrum(masked=True)
+        return {"direct": K * C * self.k * self.k * self.Ho * self.Wo, "fft": 4 * K * C * Fh * Fw2,
+                "fft_masked": 4 * kept, "transforms": transforms, "weight_domain": "spectral",
+                "weight_density": float(np.count_nonzero(G)) / G.size}
+
+    def count_sparse_mults(self, bottoms):
+        if self.weights_mode == "spectral":      # no spatial kernel
+            return None
+        return {"direct_sparse": counting.conv_nonzero_products(bottoms[0].data, self.params[0].data, self.pad)}
 
     def _spectral_mask(self):
         """M (K, C, Fh, Fw'): the buffer (spatial_masked), Param.mask's real part or ones

@@ -4,6 +4,7 @@ bottom (N, ...) is flattened to (N, D) from ``axis`` on; W (num_output, D), b (n
 Pruning: the ``spatial`` domain, scores |W| (K, D): not pruned unless named."""
 import numpy as np
 
+from wincaffe import counting
 from wincaffe.fillers import fill
 from wincaffe.layer import Layer, SpatialPruning, register
 from wincaffe.schema import Block, Field, filler_block
@@ -58,3 +59,16 @@ class InnerProduct(SpatialPruning, Layer):
             np.sum(dy, axis=0, out=self.params[1].diff)
         if propagate_down[0]:
             np.matmul(dy, self.params[0].data, out=bottoms[0].diff.reshape(-1, D))
+
+    def count_mults(self):
+        W = self.params[0].data
+        return {"direct": W.size, "weight_domain": "spatial", "weight_density": float(np.count_nonzero(W)) / W.size}
+
+    def count_sparse_mults(self, bottoms):
+        D = self.params[0].shape[1]
+        return {"direct_sparse": counting.dense_nonzero_products(bottoms[0].data.reshape(-1, D),
+                                                                 self.params[0].data)}
+
+    def activation_density(self, bottoms):
+        x = bottoms[0].data
+        return "spatial", float(np.count_nonzero(x)) / x.size

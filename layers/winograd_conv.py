@@ -58,6 +58,7 @@ dispatch in :mod:`wincaffe._kernels.winograd`); this module is bookkeeping.
 """
 import numpy as np
 
+from wincaffe import counting
 from wincaffe._kernels.gemm import batched_matmul
 from wincaffe._kernels.winograd import (gather_transform, gather_transform_grads,
                                        product_transform_scatter, transform_scatter)
@@ -209,6 +210,26 @@ class WinogradConv(Layer):
 
     def activation_density(self, bottoms):
         return "winograd", float(np.count_nonzero(self.V)) / self.V.size
+
+    # ----- multiply accounting (wincaffe.counting) ---------------------------------------
+    def count_mults(self):
+        K, C = self.params[0].shape[:2]
+        m, r, a, t = self.m, self.r, self.alpha, self.transform
+        T = self.th * self.tw
+        U = self.transformed_weights()
+        transforms = (C * T * 2 * a * counting.nontrivial_entries(t.BT_exact)          # V = Bᵀ d B
+                      + K * T * (a + m) * counting.nontrivial_entries(t.AT_exact))     # Y = Aᵀ M A
+        if self.weights_mode != "winograd":
+            transforms += K * C * (r + a) * counting.nontrivial_entries(t.G_exact)     # U = G W Gᵀ
+        return {"direct": K * C * r * r * self.Ho * self.Wo, "winograd": a * a * K * C * T,
+                "transforms": transforms, "weight_domain": "winograd",
+                "weight_density": float(np.count_nonzero(U)) / U.size}
+
+    def count_sparse_mults(self, bottoms):
+        out = {"winograd_sparse": counting.winograd_nonzero_products(self._U, self.V)}
+        if self.weights_mode != "winograd":     # a spatial kernel exists: its direct products too
+            out["direct_sparse"] = counting.conv_nonzero_products(bottoms[0].data, self.params[0].data, self.pad)
+        return out
 
     # ----- reshape / forward / backward -------------------------------------------
     def reshape(self, bottoms, tops):

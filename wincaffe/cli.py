@@ -143,6 +143,45 @@ def cmd_density(args):
     return 0
 
 
+def cmd_mults(args):
+    from wincaffe.counting import COUNTS, mults_report
+    from wincaffe.layer import TEST
+    from wincaffe.report import Column, format_table, to_csv
+    batches = args.batches if args.batches is not None else (10 if args.weights else 0)
+    if batches < 0:
+        raise WincaffeError(f"--batches: must be >= 0, got {batches}")
+    if batches and not args.weights:
+        log.warning("No --weights given: sparse counts are measured on the randomly initialised net")
+    net = _load_net(args, TEST)
+    report = mults_report(net, batches)
+    rows = report["layers"] + [report["total"]]
+    if args.format == "json":
+        import json
+        print(json.dumps(report, indent=2))
+        return 0
+    keys = ["name", "type"] + list(COUNTS) + ["weight_domain", "weight_density", "activation_domain",
+                                              "activation_density", "activation_density_std"] + \
+        [f"reduction_{k}" for k in COUNTS if k != "direct"]
+    if args.format == "csv":
+        sys.stdout.write(to_csv(rows, keys))
+        return 0
+    for r in rows:
+        if r.get("activation_density") is not None:
+            r["act"] = f"{r['activation_density']:.1%} ± {r['activation_density_std']:.1%}"
+    cols = [Column("name", "layer"), Column("type")] + [Column(k, k, "{:,}") for k in COUNTS] + \
+        [Column("weight_density", "w density", "{:.1%}"), Column("act", "act density")]
+    print(format_table(rows, cols))
+    t = report["total"]
+    factors = ", ".join(f"{k} {t[f'reduction_{k}']:.2f}x" for k in COUNTS
+                        if k not in ("direct", "transforms") and t.get(f"reduction_{k}"))
+    print(f"reduction of the total against direct: {factors or 'none'}")
+    if batches:
+        print(f"sparse counts and activation densities: {report['images']} images ({batches} TEST batches)")
+    print("per forward pass of one image, in real multiplies (4 per complex product); transforms are "
+          "counted apart (see wincaffe/counting.py)")
+    return 0
+
+
 def cmd_data_fetch(args):
     from wincaffe.data import fetch_mnist
     fetchers = {"mnist": fetch_mnist}
@@ -244,6 +283,19 @@ def build_parser():
     de.add_argument("--iterations", type=int, default=10, help="number of test batches (default 10)")
     de.add_argument("--json", action="store_true", help="print JSON instead of a table")
     de.set_defaults(func=cmd_density)
+
+    mu = sub.add_parser("mults", help="multiply counts per layer: direct, sparse, Winograd, FFT, transforms",
+                        description="Count the real multiplies of one image's forward pass per layer (exact "
+                                    "integers): direct, direct_sparse (nonzero weight and input), winograd, "
+                                    "winograd_sparse (nonzero U and V), fft and fft_masked (4 per complex "
+                                    "product), and the transforms apart; the densities behind them; a total "
+                                    "and its reduction against direct. Sparse counts are measured on TEST "
+                                    "batches when --weights is given.")
+    common(mu)
+    mu.add_argument("--batches", type=int, help="TEST batches to measure sparse counts on (default 10 with "
+                                                "--weights, else 0: dense counts only)")
+    mu.add_argument("--format", default="table", choices=("table", "csv", "json"), help="output format")
+    mu.set_defaults(func=cmd_mults)
 
     d = sub.add_parser("data", help="datasets", description="Dataset commands.")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")

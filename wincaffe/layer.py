@@ -264,6 +264,19 @@ class Layer:
             raise self.error(f"mask shape {np.shape(mask)} does not fit param {index} {p.shape}")
         p.set_mask(mask)
 
+    # ----- optional protocol: multiply accounting (wincaffe.counting) -----------------
+    def count_mults(self):
+        """After setup and reshape: this layer's multiplies per image as exact integers,
+        ``{"direct": ..., "winograd": ..., "fft": ..., "fft_masked": ..., "transforms": ...,
+        "weight_density": ..., "weight_domain": ...}`` (only the keys that apply), or None
+        for a layer that does not multiply. See :mod:`wincaffe.counting`."""
+        return None
+
+    def count_sparse_mults(self, bottoms):
+        """Right after a forward on ``bottoms``: ``{"direct_sparse": n, "winograd_sparse": n}``
+        (the keys that apply), products with both factors nonzero summed over the batch."""
+        return None
+
     # ----- optional protocol: transform-domain activations ---------------------------
     def activation_density(self, bottoms):
         """Right after this layer's forward on ``bottoms``: ``(domain, fraction of

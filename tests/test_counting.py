@@ -1,0 +1,206 @@
+"""Multiply accounting: each formula against a count by hand, the sparse counts against
+brute force over small random tensors and masks, the totals, ``wincaffe mults``, and
+the VGG-nagadomi figures of Liu et al. §4."""
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+
+from wincaffe import counting
+from wincaffe.cli import main
+from wincaffe.testing import make_layer
+from wincaffe.transforms import fft
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sparse_input(shape, density, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape) * (rng.random(shape) < density)
+
+
+# ----- dense formulas, by hand ------------------------------------------------------------
+
+def test_convolution_direct_count_with_pad_stride_and_odd_sizes():
+    layer, b, t = make_layer("Convolution", [(2, 2, 7, 5)], convolution_param={
+        "num_output": 3, "kernel_size": 3, "pad": 1, "stride": 2})
+    # output 4 x 3 (rows (7 + 2 - 3)//2 + 1, cols (5 + 2 - 3)//2 + 1): 3·2·9 products per output
+    assert layer.count_mults()["direct"] == 3 * 2 * 9 * 4 * 3 == 648
+
+
+def test_inner_product_direct_count():
+    layer, b, t = make_layer("InnerProduct", [(4, 3, 2, 2)], inner_product_param={"num_output": 5})
+    assert layer.count_mults()["direct"] == 5 * 12
+
+
+@pytest.mark.parametrize("tile,r,pad,H,W,tiles", [(2, 3, 0, 7, 5, 3 * 2), (4, 3, 1, 9, 6, 3 * 2),
+                                                   (4, 5, 2, 11, 13, 3 * 4), (6, 3, 0, 8, 8, 1)])
+def test_winograd_counts_with_overhanging_tiles(tile, r, pad, H, W, tiles):
+    layer, b, t = make_layer("WinogradConv", [(1, 3, H, W)], convolution_param={
+        "num_output": 2, "kernel_size": r, "pad": pad}, winograd_param={"tile": tile})
+    Ho, Wo = H + 2 * pad - r + 1, W + 2 * pad - r + 1
+    assert (-(-Ho // tile)) * (-(-Wo // tile)) == tiles            # the last row/column overhangs
+    a = tile + r - 1
+    c = layer.count_mults()
+    assert c["direct"] == 2 * 3 * r * r * Ho * Wo
+    assert c["winograd"] == a * a * 2 * 3 * tiles
+
+
+def test_winograd_transform_counts_for_f2_3():
+    """F(2,3) with points 0, ±1, ∞: Bᵀ and Aᵀ hold only 0 and ±1 (no multiplies), G six halves:
+    G W Gᵀ costs 6·(3 + 4) multiplies per kernel, and only when the weights are spatial."""
+    for weights, kernel_part in (("spatial", 2 * 3 * 6 * 7), ("winograd", 0)):
+        layer, b, t = make_layer("WinogradConv", [(1, 3, 6, 6)], convolution_param={
+            "num_output": 2, "kernel_size": 3}, winograd_param={"tile": 2, "weights": weights})
+        assert counting.nontrivial_entries(layer.transform.G_exact) == 6
+        assert counting.nontrivial_entries(layer.transform.BT_exact) == 0
+        assert layer.count_mults()["transforms"] == kernel_part
+
+
+def test_winograd_transform_counts_for_f4_3():
+    """F(4,3): the input and output transforms cost 2α·n(Bᵀ) per tile and channel and
+    (α + m)·n(Aᵀ) per tile and filter; n counted on the float matrices here."""
+    layer, b, t = make_layer("WinogradConv", [(1, 3, 8, 8)], convolution_param={
+        "num_output": 2, "kernel_size": 3}, winograd_param={"tile": 4, "weights": "winograd"})
+    AT, G, BT = (np.asarray(M, float) for M in layer.transform.matrices(np.float64))
+
+    def n(M):
+        return int(np.sum((np.abs(M) > 1e-12) & (np.abs(np.abs(M) - 1) > 1e-12)))
+    T = 2 * 2                                  # 6 x 6 output, tiles of 4: 2 x 2 (overhanging)
+    assert layer.count_mults()["transforms"] == 3 * T * 2 * 6 * n(BT) + 2 * T * (6 + 4) * n(AT)
+    assert n(BT) > 0 and n(AT) > 0
+
+
+def test_fft_counts():
+    layer, b, t = make_layer("FFTConv", [(1, 2, 9, 8)], convolution_param={
+        "num_output": 3, "kernel_size": 3, "pad": 1}, fft_param={"weights": "spatial_masked"})
+    Fh, Fw = layer.fshape
+    assert (Fh, Fw) == (9 + 2 + 2, 8 + 2 + 2)
+    c = layer.count_mults()
+    assert c["fft"] == 4 * 3 * 2 * Fh * (Fw // 2 + 1) == c["fft_masked"]
+    assert c["direct"] == 3 * 2 * 9 * 9 * 8
+    one = int(round(Fh * Fw * np.log2(Fh * Fw)))
+    assert c["transforms"] == (2 + 3) * one + 3 * 2 * one      # inputs, outputs, kernels
+    mask = (np.random.default_rng(0).random(layer.spectrum_shape) < 0.3).astype(float)
+    partner = fft.conjugate_partners(Fh, Fw)
+    mask = mask.reshape(3, 2, -1)[..., np.minimum(np.arange(partner.size), partner)].reshape(layer.spectrum_shape)
+    layer.set_mask("spectral", mask)
+    assert layer.count_mults()["fft_masked"] == 4 * int(mask.sum())
+
+
+# ----- sparse counts against brute force ----------------------------------------------------------
+
+def brute_conv_pairs(x, w, pad, stride=1, dilation=1):
+    N, C, H, W = x.shape
+    K, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh = (H + 2 * pad - dilation * (kh - 1) - 1) // stride + 1
+    ow = (W + 2 * pad - dilation * (kw - 1) - 1) // stride + 1
+    total = 0
+    for n, k, i, j, c, u, v in itertools.product(range(N), range(K), range(oh), range(ow), range(C),
+                                                 range(kh), range(kw)):
+        if w[k, c, u, v] != 0 and xp[n, c, i * stride + u * dilation, j * stride + v * dilation] != 0:
+            total += 1
+    return total
+
+
+@pytest.mark.parametrize("pad,stride,dilation", [(0, 1, 1), (1, 2, 1), (2, 1, 2), (1, 3, 1)])
+def test_direct_sparse_count_is_exact(pad, stride, dilation):
+    x = sparse_input((2, 3, 7, 6), 0.4, 1)
+    w = sparse_input((4, 3, 3, 3), 0.5, 2)
+    assert counting.conv_nonzero_products(x, w, pad, stride, dilation) == brute_conv_pairs(x, w, pad, stride, dilation)
+    layer, b, t = make_layer("Convolution", [x.shape], convolution_param={
+        "num_output": 4, "kernel_size": 3, "pad": pad, "stride": stride, "dilation": dilation})
+    layer.params[0].data[...] = w
+    b[0].data[...] = x
+    layer.forward(b, t)
+    assert layer.count_sparse_mults(b)["direct_sparse"] == brute_conv_pairs(x, w, pad, stride, dilation)
+
+
+def test_inner_product_sparse_count_is_exact():
+    layer, b, t = make_layer("InnerProduct", [(3, 2, 2, 3)], inner_product_param={"num_output": 4})
+    x = sparse_input((3, 2, 2, 3), 0.5, 3)
+    w = sparse_input((4, 12), 0.6, 4)
+    b[0].data[...] = x
+    layer.params[0].data[...] = w
+    layer.forward(b, t)
+    brute = sum(1 for n in range(3) for k in range(4) for d in range(12) if x.reshape(3, -1)[n, d] and w[k, d])
+    assert layer.count_sparse_mults(b)["direct_sparse"] == brute
+
+
+@pytest.mark.parametrize("tile,r,pad,relu,weights", [(2, 3, 1, True, "spatial_masked"), (4, 3, 0, False, "winograd"),
+                                                     (2, 5, 2, True, "winograd"), (4, 5, 1, False, "spatial_masked")])
+def test_winograd_sparse_count_is_exact(tile, r, pad, relu, weights):
+    """Against U = (G W Gᵀ) ⊙ mask and V = [ReLU](Bᵀ d B) rebuilt tile by tile in NumPy."""
+    N, C, H, W, K = 2, 3, 7, 9, 2
+    layer, b, t = make_layer("WinogradConv", [(N, C, H, W)], convolution_param={
+        "num_output": K, "kernel_size": r, "pad": pad}, winograd_param={"tile": tile, "weights": weights,
+                                                                        "winograd_relu": relu})
+    a = layer.alpha
+    mask = (np.random.default_rng(5).random((K, C, a, a)) < 0.4).astype(float)
+    layer.set_mask("winograd", mask)
+    b[0].data[...] = sparse_input((N, C, H, W), 0.5, 6)
+    layer.forward(b, t)
+    AT, G, BT = layer.transform.matrices(np.float64)
+    if weights == "winograd":
+        U = layer.params[0].data * mask
+    else:
+        U = np.einsum("ij,kcjl,ml->kcim", G, layer.params[0].data, G) * mask
+    Ho, Wo = H + 2 * pad - r + 1, W + 2 * pad - r + 1
+    th, tw = -(-Ho // tile), -(-Wo // tile)
+    xp = np.zeros((N, C, th * tile + r - 1, tw * tile + r - 1))
+    xp[:, :, pad:pad + H, pad:pad + W] = b[0].data
+    brute = 0
+    for n, c, i, j in itertools.product(range(N), range(C), range(th), range(tw)):
+        V = BT @ xp[n, c, i * tile:i * tile + a, j * tile:j * tile + a] @ BT.T
+        if relu:
+            V = np.maximum(V, 0)
+        nzV = np.abs(V) > 1e-12
+        brute += int(sum(np.count_nonzero(U[k, c][nzV]) for k in range(K)))
+    assert layer.count_sparse_mults(b)["winograd_sparse"] == brute
+    if weights != "winograd":
+        assert layer.count_sparse_mults(b)["direct_sparse"] == brute_conv_pairs(b[0].data, layer.params[0].data, pad)
+
+
+# ----- totals and the command --------------------------------------------------------------------
+
+def test_total_adds_stand_ins_for_layers_without_a_count():
+    rows = [{"direct": 100, "direct_sparse": 40, "winograd": 50, "winograd_sparse": 10, "transforms": 7},
+            {"direct": 20, "direct_sparse": 5}, {"direct": 30}]
+    total = counting.total_row(rows)
+    assert total["direct"] == 150 and total["winograd"] == 100 and total["direct_sparse"] == 75
+    assert total["winograd_sparse"] == 10 + 5 + 30 and total["transforms"] == 7
+    assert total["fft"] is None                      # no layer runs an FFT: no FFT total
+
+
+def test_mults_json_parses_and_the_total_is_the_sum_of_its_layers(capsys):
+    assert main(["mults", "--model", os.path.join(ROOT, "nets", "vgg_nagadomi_winograd.yaml"),
+                 "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    layers, total = report["layers"], report["total"]
+    assert [l["name"] for l in layers][:2] == ["conv1", "conv2"] and len(layers) == 11
+    for key in ("direct", "winograd"):
+        assert total[key] == sum(l[key] if l[key] is not None else l["direct"] for l in layers)
+    assert all(isinstance(l["direct"], int) for l in layers)
+
+
+def test_vgg_nagadomi_figures_of_liu_et_al(capsys):
+    """Liu et al. §4: 2.3e8 multiplies dense and 1.1e8 with Winograd F(2x2, 3x3)."""
+    assert main(["mults", "--model", os.path.join(ROOT, "nets", "vgg_nagadomi.yaml"), "--format", "json"]) == 0
+    dense = json.loads(capsys.readouterr().out)["total"]["direct"]
+    assert main(["mults", "--model", os.path.join(ROOT, "nets", "vgg_nagadomi_winograd.yaml"), "--format", "json"]) == 0
+    wino = json.loads(capsys.readouterr().out)["total"]["winograd"]
+    assert abs(dense / 2.3e8 - 1) < 0.03 and abs(wino / 1.1e8 - 1) < 0.10
+    assert dense == 233_515_008 and wino == 106_702_848
+
+
+def test_mults_table_and_csv(capsys):
+    path = os.path.join(ROOT, "nets", "vgg_nagadomi.yaml")
+    assert main(["mults", "--model", path]) == 0
+    out = capsys.readouterr().out
+    assert "233,515,008" in out and out.splitlines()[0].split()[:3] == ["layer", "type", "direct"]
+    assert main(["mults", "--model", path, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("name,type,direct,direct_sparse,winograd") and lines[-1].startswith("total,")
