@@ -182,6 +182,27 @@ def cmd_mults(args):
     return 0
 
 
+def cmd_compare(args):
+    from wincaffe import compare, study
+    from wincaffe.executors import make_executor
+    from wincaffe.prune_job import parse_rates
+    s = study.load_study(args.config)
+    study.apply_overrides(s, methods=_names(args.methods), rates=parse_rates(args.rates) if args.rates else None,
+                          retrain_iters=args.retrain_iters, dense_iters=args.dense_iters, repeats=args.repeats)
+    compare.check_output(args.output)
+    for m in s["methods"]:
+        study.method_files(m)          # every file readable and valid before anything runs
+    executor = make_executor(workers=args.workers, scheduler=args.scheduler, threads=s["threads"])
+    try:
+        summary = compare.run_study(s, args.output, executor, progress=False if args.no_progress else None)
+    finally:
+        executor.close()
+    print(f"{summary['cells']} cells ({summary['skipped']} skipped as finished, {summary['failed']} failed) "
+          f"in {summary['wall_seconds'] / 60:.1f} min")
+    print(f"wrote {', '.join(os.path.join(args.output, f) for f in summary['files'])}")
+    return 0 if not summary["failed"] else 2
+
+
 def cmd_data_fetch(args):
     from wincaffe.data import fetch_mnist
     fetchers = {"mnist": fetch_mnist}
@@ -296,6 +317,25 @@ def build_parser():
                                                 "--weights, else 0: dense counts only)")
     mu.add_argument("--format", default="table", choices=("table", "csv", "json"), help="output format")
     mu.set_defaults(func=cmd_mults)
+
+    co = sub.add_parser("compare", help="the Winograd-vs-FFT pruning study: many prune/retrain cells in parallel",
+                        description="Run a pruning study (YAML: methods, rates, retraining): train each "
+                                    "method's dense baseline (cached), then every (method, rate, repeat) cell "
+                                    "-- prune, test, retrain, test, count multiplies, time inference -- on a "
+                                    "local pool of processes or a Dask cluster. Resumable: finished cells are "
+                                    "kept in DIR/results.jsonl and skipped by a rerun. Writes results.csv, "
+                                    "results.md and PNG plots into DIR. Exit code 2 if a cell failed.")
+    co.add_argument("--config", default="nets/compare_lenet5.yaml", help="study file (default: %(default)s)")
+    co.add_argument("--output", required=True, help="results folder")
+    co.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    co.add_argument("--scheduler", help="address of a Dask scheduler (tcp://host:8786): run the cells there")
+    co.add_argument("--methods", help="comma-separated methods of the study to run (default: all)")
+    co.add_argument("--rates", help="comma-separated rates for every method (overrides the file)")
+    co.add_argument("--retrain-iters", type=int, help="retraining iterations per cell (overrides the file)")
+    co.add_argument("--dense-iters", type=int, help="dense training iterations (overrides the file)")
+    co.add_argument("--repeats", type=int, help="repeats of each cell with different seeds")
+    co.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    co.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("data", help="datasets", description="Dataset commands.")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -215,7 +215,14 @@ _POLICY_NEEDS = {"step": ("gamma", "stepsize"), "multistep": ("gamma", "stepvalu
 def load_solver_spec(path):
     """Read and validate a solver file; relative ``net`` paths resolve against the
     solver file's folder when they don't exist relative to the working directory."""
-    raw = read_yaml(path)
+    return validate_solver(read_yaml(path), path)
+
+
+def validate_solver(raw, path=None):
+    """Validate a solver mapping (as read from ``path``, which names it in errors and
+    anchors relative net paths)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a solver definition must be a mapping", source=path)
     if "net" not in raw and "train_net" in raw:
         raw = dict(raw, net=raw["train_net"])
     try:
@@ -230,10 +237,12 @@ def load_solver_spec(path):
     if spec.test_interval and not spec.test_iter:
         raise ConfigError("test_interval is set but test_iter is 0", source=path, field="test_iter")
     if spec.snapshot_prefix is None:
-        spec["snapshot_prefix"] = os.path.splitext(os.path.basename(path))[0].replace("_solver", "")
-    spec["net"] = resolve_relative(spec.net, path)
-    if spec.test_net:
-        spec["test_net"] = resolve_relative(spec.test_net, path)
+        spec["snapshot_prefix"] = (os.path.splitext(os.path.basename(path))[0].replace("_solver", "")
+                                   if path else "solver")
+    if path:
+        spec["net"] = resolve_relative(spec.net, path)
+        if spec.test_net:
+            spec["test_net"] = resolve_relative(spec.test_net, path)
     spec["source"] = path
     return spec
 

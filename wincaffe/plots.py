@@ -50,3 +50,89 @@ def sensitivity_plot(path, rates, curves, dense, title):
     save_figure(fig, path)
     plt.close(fig)
     return path
+
+
+def _zoom(ax, values, dense_values):
+    """A y-range that shows the retrained accuracies near their dense accuracy."""
+    top = max(dense_values + values)
+    low = max(min(values), min(dense_values) - 0.02)
+    ax.set_ylim(100 * low - 0.1, 100 * top + 0.1)
+
+
+def accuracy_vs_rate(path, series):
+    """Liu & Turakhia, Fig. 8 for every method: test accuracy against pruning rate,
+    pruned (dashed, open markers) and retrained (solid); left the full range, right a
+    zoom on the retrained accuracies. ``series``: {name: {title, rate, pruned, retrained, dense}}."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for i, (name, s) in enumerate(series.items()):
+        color = f"C{i % 10}"
+        x = [100 * r for r in s["rate"]]
+        ax.plot(x, [100 * a for a in s["pruned"]], ls="--", marker="o", mfc="none", ms=4, color=color)
+        ax.plot(x, [100 * a for a in s["retrained"]], marker="o", ms=4, color=color, label=s["title"])
+        zoom.plot(x, [100 * a for a in s["retrained"]], marker="o", ms=4, color=color)
+        zoom.axhline(100 * s["dense"], color=color, lw=0.8, ls=":")
+    ax.set_title("dashed: pruned, before retraining; solid: after retraining")
+    zoom.set_title("after retraining (dotted: each method's dense accuracy)")
+    for a in (ax, zoom):
+        a.set_xlabel("pruning rate (%)")
+        a.set_ylabel("test accuracy (%)")
+        a.grid(alpha=0.3)
+    _zoom(zoom, [v for s in series.values() for v in s["retrained"]], [s["dense"] for s in series.values()])
+    fig.legend(loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, -0.12))
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def accuracy_vs(path, series, key, xlabel, *, log=False):
+    """Retrained test accuracy against ``key`` (density: Liu et al., Fig. 2; or multiplies:
+    the trade-off frontier), one line per method."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for i, (name, s) in enumerate(series.items()):
+        x = s[key] if key != "density" else [100 * d for d in s[key]]
+        ax.plot(x, [100 * a for a in s["retrained"]], marker="o", ms=4, color=f"C{i % 10}",
+                label=s["title"] + (f" [{s['count']}]" if key == "mults" else ""))
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel + (" (%)" if key == "density" else ""))
+    ax.set_ylabel("test accuracy after retraining (%)")
+    _zoom(ax, [v for s in series.values() for v in s["retrained"]], [s["dense"] for s in series.values()])
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def weight_histograms(path, panels):
+    """Liu & Turakhia, Figs. 3–7: the distribution of transform-domain weight magnitudes,
+    dense and after pruning and retraining (nonzero entries). ``panels``: [(title, hist)]
+    with hist = {edges, dense, retrained, retrained_zeros}."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    n = len(panels)
+    cols = 2 if n > 1 else 1
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (title, h) in zip(axes.flat, panels):
+        edges = h["edges"]
+        ax.stairs(h["dense"], edges, fill=True, alpha=0.35, color="C0", label="dense")
+        ax.stairs(h["retrained"], edges, color="C3", lw=1.5,
+                  label=f"pruned + retrained ({h['retrained_zeros']:,} zeros not shown)")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("|weight| in its domain")
+        ax.set_ylabel("entries")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return path

@@ -53,12 +53,17 @@ class PruneJob:
 
     def __init__(self, solver, weights, *, net=None, layers=None, skip_first=False, domain=None,
                  scope="layer", test_iterations=None, base_lr=None, output=".", prefix=None,
-                 dtype=None, progress=None):
+                 dtype=None, progress=None, seed=None):
+        """``solver``: a solver file or a validated solver spec; ``weights``: a weights
+        file or its arrays (as :func:`wincaffe.snapshot.weights_arrays` gives);
+        ``seed`` overrides the solver's random_seed (repeats of one experiment)."""
         from wincaffe.solver import Solver
         import numpy as np
-        spec = load_solver_spec(solver)
+        spec = load_solver_spec(solver) if isinstance(solver, (str, os.PathLike)) else solver
         if net:
             spec["net"] = net
+        if seed is not None:
+            spec["random_seed"] = int(seed)
         if test_iterations is not None:
             if test_iterations < 1:
                 raise ConfigError(f"must be >= 1, got {test_iterations}", field="--test-iterations")
@@ -72,11 +77,18 @@ class PruneJob:
         spec["snapshot"] = 0
         spec["test_interval"] = 0
         self.spec, self.weights, self.scope, self.output = spec, weights, scope, output
-        self.prefix = prefix or os.path.splitext(os.path.basename(spec.net))[0]
+        if prefix is None:   # the net file's name, or a net given as a mapping: its name
+            prefix = (os.path.splitext(os.path.basename(spec.net))[0] if isinstance(spec.net, str)
+                      else str(spec.net.get("name", "net")))
+        self.prefix = prefix
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.solver = Solver(spec, output_dir=output, dtype=dtype or np.float32, progress=False)
-        n = load_weights(self.solver.net, weights, strict=True)
-        log.info(f"Loaded {n} params from {weights}")
+        if isinstance(weights, dict):
+            n = load_weights_arrays(self.solver.net, weights, "the dense weights", strict=True)
+            self.weights = "(arrays)"
+        else:
+            n = load_weights(self.solver.net, weights, strict=True)
+        log.info(f"Loaded {n} params from {self.weights}")
         self.targets = pruning.select_targets(self.solver.net, layers, skip_first=skip_first, domain=domain)
         pruning.check_scope(self.targets, scope)
         log.info("Pruning " + ", ".join(f"{t.name} ({t.domain})" for t in self.targets) + f", {scope} scope")
@@ -136,7 +148,9 @@ class PruneJob:
 
     # ----- the job ----------------------------------------------------------------------------
     def run(self, *, schedule="oneshot", rate=None, rates=None, retrain_iters=None, retrain_epochs=None,
-            agp_steps=10):
+            agp_steps=10, save=True, before_pruning=None):
+        """Prune on ``schedule``, retrain, test; with ``save`` write the weights file and
+        the report beside it. ``before_pruning(job)`` runs after the dense test."""
         t0 = time.perf_counter()
         if schedule not in pruning.SCHEDULES:
             raise ConfigError(f"must be one of {', '.join(pruning.SCHEDULES)}, got {schedule!r}", field="--schedule")
@@ -158,6 +172,8 @@ class PruneJob:
         n = self.retrain_length(retrain_iters, retrain_epochs)
 
         acc_dense = self.test("dense")
+        if before_pruning is not None:
+            before_pruning(self)
         rounds = []
         for r in steps:
             if schedule == "agp":   # the oneshot view of the final masks, then the gradual run
@@ -177,11 +193,13 @@ class PruneJob:
             rounds.append({"rate": r, "accuracy_pruned": acc_pruned, "accuracy_retrained": acc_retrained,
                            "retrain_iters": n})
 
-        weights_out = os.path.join(self.output, f"{self.prefix}_pruned.npz")
-        save_weights(self.solver.net, weights_out)
+        weights_out = os.path.join(self.output, f"{self.prefix}_pruned.npz") if save else None
+        if save:
+            save_weights(self.solver.net, weights_out)
         rows = pruning.density_rows(self.targets)
         report = {
-            "net": self.spec.net, "weights_in": self.weights, "weights_out": weights_out,
+            "net": self.solver.net.source or self.solver.net.name, "weights_in": self.weights,
+            "weights_out": weights_out,
             "schedule": schedule, "scope": self.scope, "rate": steps[-1], "rates": steps,
             "retrain_iters": n, "base_lr": self.spec.base_lr,
             "test_images": self.solver.spec.test_iter * self.solver.test_net.batch_size(),
@@ -190,7 +208,8 @@ class PruneJob:
             "layers": rows, "total": pruning.total_row(rows), "rounds": rounds,
             "wall_seconds": round(time.perf_counter() - t0, 1),
         }
-        self._write(report, rows, f"{self.prefix}_pruned")
+        if save:
+            self._write(report, rows, f"{self.prefix}_pruned")
         return report
 
     def sensitivity(self, rates=DEFAULT_SENSITIVITY_RATES):
@@ -211,8 +230,9 @@ class PruneJob:
         base = os.path.join(self.output, f"{self.prefix}_sensitivity")
         from wincaffe.plots import sensitivity_plot
         png = sensitivity_plot(base + ".png", list(rates), curves, dense,
-                               f"{os.path.basename(self.spec.net)}: each layer pruned alone, no retraining")
-        report = {"net": self.spec.net, "weights_in": self.weights, "scope": self.scope,
+                               f"{self.prefix}: each layer pruned alone, no retraining")
+        report = {"net": self.solver.net.source or self.solver.net.name, "weights_in": self.weights,
+                  "scope": self.scope,
                   "domains": {t.name: t.domain for t in self.targets}, "rates": list(rates),
                   "accuracy_dense": dense, "accuracy": curves, "plot": png,
                   "test_images": self.solver.spec.test_iter * self.solver.test_net.batch_size(),
