@@ -188,7 +188,6 @@ def run_study(study, output, executor, *, progress=None):
     """Run every unfinished cell of ``study`` on ``executor``; write the store as cells
     finish and the tables and plots at the end. Returns the summary dict."""
     from wincaffe.compare_report import write_outputs
-    from wincaffe.snapshot import save_npz
     t0 = time.perf_counter()
     os.makedirs(output, exist_ok=True)
     store = ResultsStore(os.path.join(output, "results.jsonl"))
@@ -231,34 +230,16 @@ def run_study(study, output, executor, *, progress=None):
                     with open(info_path, encoding="utf-8") as fh:
                         dense_info[m.name] = json.load(fh)
                 continue
-            waiting[job["key"]] = (m, cells_todo)
-            pending[executor.submit(train_dense, job)] = ("dense", job["key"])
-            log.info(f"Training {m.name} dense ({job['iters'] or 'max_iter'} iterations)")
+            if job["key"] not in waiting:   # methods with the same baseline share one training
+                pending[executor.submit(train_dense, job)] = ("dense", job["key"])
+                log.info(f"Training {m.name} dense ({job['iters'] or 'max_iter'} iterations)")
+            waiting.setdefault(job["key"], []).append((m, cells_todo))
         while pending:
             done, _ = executor.wait_any(set(pending))
             for fut in done:
                 kind, key = pending.pop(fut)
                 if kind == "dense":
-                    m, cells_todo = waiting.pop(key)
-                    try:
-                        result = fut.result()
-                    except Exception as exc:
-                        error = f"dense training failed: {type(exc).__name__}: {exc}"
-                        log.error(f"{m.name}: {error}")
-                        for k, c in cells_todo:
-                            _finish(store, bar, dict(key=k, method=c["method"], rate=c["rate"],
-                                                     repeat=c["repeat"], error=error))
-                        continue
-                    save_npz(os.path.join(dense_dir, f"{key}.npz"), result["weights"])
-                    info = {k: result[k] for k in ("accuracy", "iters", "seconds")}
-                    from wincaffe.report import write_json
-                    write_json(os.path.join(dense_dir, f"{key}.json"), info)
-                    dense_info[m.name] = info
-                    log.info(f"{m.name} dense: accuracy {info['accuracy']:.4f} after {info['iters']} "
-                             f"iterations ({info['seconds']:.0f} s)")
-                    handle = executor.share({"weights": result["weights"]})
-                    for k, c in cells_todo:
-                        pending[executor.submit(run_cell, c, handle)] = ("cell", k)
+                    _dense_done(fut, key, waiting.pop(key), executor, pending, store, bar, dense_dir, dense_info)
                 else:
                     try:
                         record = fut.result()
@@ -279,6 +260,33 @@ def run_study(study, output, executor, *, progress=None):
     summary = write_outputs(study, output, records, dense_info, wall_seconds=wall, skipped=skipped)
     summary.update(cells=len(all_cells), skipped=skipped, failed=sum(1 for r in records if "error" in r))
     return summary
+
+
+def _dense_done(fut, key, methods, executor, pending, store, bar, dense_dir, dense_info):
+    """A dense baseline arrived: cache it, then submit the cells of every method using it
+    (or record them all as failed)."""
+    from wincaffe.report import write_json
+    from wincaffe.snapshot import save_npz
+    names = ", ".join(m.name for m, _ in methods)
+    try:
+        result = fut.result()
+    except Exception as exc:
+        error = f"dense training failed: {type(exc).__name__}: {exc}"
+        log.error(f"{names}: {error}")
+        for _, cells_todo in methods:
+            for k, c in cells_todo:
+                _finish(store, bar, dict(key=k, method=c["method"], rate=c["rate"], repeat=c["repeat"], error=error))
+        return
+    save_npz(os.path.join(dense_dir, f"{key}.npz"), result["weights"])
+    info = {k: result[k] for k in ("accuracy", "iters", "seconds")}
+    write_json(os.path.join(dense_dir, f"{key}.json"), info)
+    log.info(f"{names} dense: accuracy {info['accuracy']:.4f} after {info['iters']} iterations "
+             f"({info['seconds']:.0f} s)")
+    handle = executor.share({"weights": result["weights"]})
+    for m, cells_todo in methods:
+        dense_info[m.name] = info
+        for k, c in cells_todo:
+            pending[executor.submit(run_cell, c, handle)] = ("cell", k)
 
 
 def _finish(store, bar, record):
