@@ -105,6 +105,8 @@ def _names(text):
 
 def cmd_prune(args):
     from wincaffe.prune_job import DEFAULT_SENSITIVITY_RATES, PruneJob, parse_rates
+    from wincaffe.snapshot import ensure_writable_dir
+    ensure_writable_dir(args.output)
     rates = parse_rates(args.rates) if args.rates else None
     job = PruneJob(args.solver, args.weights, net=args.net, layers=_names(args.layers),
                    skip_first=args.skip_first, domain=args.domain, scope=args.scope,
@@ -184,12 +186,13 @@ def cmd_mults(args):
 
 def cmd_compare(args):
     from wincaffe import compare, study
+    from wincaffe.snapshot import ensure_writable_dir
     from wincaffe.executors import make_executor
     from wincaffe.prune_job import parse_rates
     s = study.load_study(args.config)
     study.apply_overrides(s, methods=_names(args.methods), rates=parse_rates(args.rates) if args.rates else None,
                           retrain_iters=args.retrain_iters, dense_iters=args.dense_iters, repeats=args.repeats)
-    compare.check_output(args.output)
+    ensure_writable_dir(args.output)
     for m in s["methods"]:
         study.method_files(m)          # every file readable and valid before anything runs
     executor = make_executor(workers=args.workers, scheduler=args.scheduler, threads=s["threads"])

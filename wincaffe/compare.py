@@ -24,7 +24,6 @@ import time
 import numpy as np
 
 from wincaffe import study as studies
-from wincaffe.errors import WincaffeError
 from wincaffe.log import get_logger
 
 log = get_logger("compare")
@@ -300,15 +299,3 @@ def _finish(store, bar, record):
                  f"{record['accuracy_retrained']:.4f}, density {record['density']:.1%} ({record['seconds']:.0f} s)")
     if bar is not None:
         bar.update(1)
-
-
-def check_output(output):
-    """A clear error unless ``output`` is (or can be made) a writable folder."""
-    try:
-        os.makedirs(output, exist_ok=True)
-        probe = os.path.join(output, f".write-test-{os.getpid()}")
-        with open(probe, "w") as fh:
-            fh.write("ok")
-        os.unlink(probe)
-    except OSError as exc:
-        raise WincaffeError(f"--output: cannot write to {output}: {exc.strerror or exc}") from None

@@ -42,6 +42,18 @@ def atomic_write(path, write, *, binary=True):
         raise
 
 
+def ensure_writable_dir(folder, option="--output"):
+    """Create ``folder`` if needed and prove it writable now, before any long work;
+    else one SnapshotError naming ``option`` and the folder."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SnapshotError(f"{option}: cannot write to {folder}: {exc.strerror or exc}") from None
+
+
 def save_npz(path, arrays):
     """Write ``arrays`` (name -> array) to ``path`` atomically."""
     atomic_write(path, lambda fh: np.savez(fh, **arrays))
