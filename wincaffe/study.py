@@ -90,12 +90,15 @@ def load_study(path):
             raise ConfigError("needs at least one rate", source=path, field=f"methods[{i}].rates")
         if method.layers and method.skip_first:
             raise ConfigError("give layers or skip_first, not both", source=path, field=f"methods[{i}].skip_first")
+        if method.dense_weights is not None and not os.path.isabs(method.dense_weights):
+            method["dense_weights"] = os.path.normpath(os.path.join(os.path.dirname(path), method.dense_weights))
         for key in ("solver", "net", "dense_weights"):
             if method[key] is not None:
                 method[key] = resolve_relative(method[key], path)
-                if not os.path.exists(method[key]):
+                if key != "dense_weights" and not os.path.exists(method[key]):
                     raise ConfigError(f"file not found: {method[key]}", source=path, field=f"methods[{i}].{key}")
         method["title"] = method.title or method.name
+        method["where"] = (path, f"methods[{i}]")   # dense_weights is checked when the method runs
         out.append(method)
     study["methods"] = out
     study["source"] = path
@@ -132,6 +135,10 @@ def apply_overrides(study, *, methods=None, rates=None, retrain_iters=None, dens
 def method_files(method):
     """The raw solver and net mappings of a method (validated once here, so a broken
     file is one clear error before anything runs)."""
+    if method.dense_weights is not None and not os.path.exists(method.dense_weights):
+        source, field = method.get("where", (None, method.name))
+        raise ConfigError(f"file not found: {method.dense_weights} (train the dense net first)", source=source,
+                          field=f"{field}.dense_weights")
     solver_raw = read_yaml(method.solver)
     spec = validate_solver(solver_raw, method.solver)
     net_path = method.net or spec.net
