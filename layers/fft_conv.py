@@ -30,7 +30,8 @@ With M = 1 the output equals the direct correlation to float tolerance.
                                  initialised as rfft2 of the filler's kernel. Pruning mask
                                  = ``Param.mask`` (the solver keeps pruned entries zero).
                                  Components of S that irfft2 ignores (the anti-Hermitian part
-                                 of the v = 0 and v = Fw/2 columns) get an exactly zero gradient.
+                                 of the v = 0 and v = Fw/2 columns) get a zero gradient (up to
+                                 rounding).
                                  Weight decay acts on S (≠ decay on W).
     fft_size  linear (default)   Fh = H + 2·pad + k − 1: Liu & Turakhia's size (LeNet masks
                                  20×1×32×17 and 50×20×16×9)
@@ -241,6 +242,18 @@ class FFTConv(Layer):
             self.params[0].set_mask(None if mask is None else np.repeat(mask[..., None], 2, axis=-1))
         else:  # in place: a TEST net sharing this buffer sees the new mask too
             self.buffers["spectral_mask"][...] = 1 if mask is None else mask
+
+    def check_loaded(self):
+        """A loaded spectral mask must be 0/1, the same on the real and the imaginary
+        part (spectral weights), and keep conjugate pairs together."""
+        if self.weights_mode == "spatial_masked":
+            self._require_binary(self.buffers["spectral_mask"], "the spectral_mask buffer")
+        elif self.weights_mode == "spectral" and self.params[0].mask is not None:
+            m = self.params[0].mask
+            if not np.array_equal(m[..., 0], m[..., 1]):
+                raise self.error("the mask of the spectral weights differs between real and imaginary parts")
+        if "spectral" in self.prune_domains():
+            self.set_mask("spectral", self.mask("spectral"))     # the conjugate-pair check
 
     # ----- multiply accounting (wincaffe.counting) ---------------------------------------
     def count_mults(self):

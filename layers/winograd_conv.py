@@ -208,6 +208,10 @@ class WinogradConv(Layer):
         else:
             self._set_param_mask(mask)
 
+    def check_loaded(self):
+        if self.weights_mode == "spatial_masked":
+            self._require_binary(self.buffers["winograd_mask"], "the winograd_mask buffer")
+
     def activation_density(self, bottoms):
         return "winograd", float(np.count_nonzero(self.V)) / self.V.size
 

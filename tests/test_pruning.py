@@ -4,6 +4,7 @@ on a small synthetic data set (errors included)."""
 import json
 import os
 import textwrap
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -24,11 +25,17 @@ from test_solver import toy_data
 
 # ----- the selection rule ------------------------------------------------------------------
 
+def round_half_up(rate, n):
+    """round(R·n), halves up, in exact rational arithmetic on R as written."""
+    x = Fraction(repr(rate)) * n
+    return int(x) + (1 if x - int(x) >= Fraction(1, 2) else 0)
+
+
 def brute_force_mask(scores, rate):
     """Plain reference: sort (score, index) pairs, prune the first round(R·n)."""
     flat = scores.reshape(-1)
     n = flat.size
-    k = int(np.floor(rate * n + 0.5))
+    k = round_half_up(rate, n)
     order = sorted(range(n), key=lambda i: (flat[i], i))
     keep = np.ones(n)
     keep[order[:k]] = 0
@@ -41,7 +48,18 @@ def test_layer_scope_is_exact_and_equals_a_plain_sort(rate):
     scores[0, 0, :2] = 0.5                               # ties: the first entries go first
     mask = pruning.magnitude_mask(scores, rate, scope="layer")
     np.testing.assert_array_equal(mask, brute_force_mask(scores, rate))
-    assert (mask == 0).sum() == int(np.floor(rate * scores.size + 0.5))
+    assert (mask == 0).sum() == round_half_up(rate, scores.size)
+
+
+def test_counts_round_halves_up_exactly():
+    """0.58 of 25 is 14.5: 15 pruned (floor(0.58·25 + 0.5) in binary floating point gives 14)."""
+    assert pruning.prune_count(0.58, 25) == 15 and pruning.prune_count(0.145, 100) == 15
+    assert pruning.prune_count(0.5, 9) == 5 and pruning.prune_count(0.5, 8) == 4
+    for n in (7, 9, 16, 25, 36, 64, 100, 150, 144, 320):
+        for rate in [i / 1000 for i in range(0, 1001, 7)] + [i / 100 for i in range(101)]:
+            assert pruning.prune_count(rate, n) == round_half_up(rate, n), (rate, n)
+    mask = pruning.magnitude_mask(np.arange(18.0).reshape(1, 2, 3, 3), 0.5, scope="kernel")
+    assert [(mask[0, c] == 0).sum() for c in range(2)] == [5, 5]
 
 
 def test_ties_are_broken_by_position():
@@ -57,7 +75,7 @@ def test_kernel_scope_prunes_round_R_n_in_every_kernel(rate):
     scores = np.abs(np.random.default_rng(2).standard_normal((5, 4, 6, 6)))
     mask = pruning.magnitude_mask(scores, rate, scope="kernel")
     per_kernel = (mask.reshape(20, -1) == 0).sum(axis=1)
-    assert np.all(per_kernel == int(np.floor(rate * 36 + 0.5)))
+    assert np.all(per_kernel == round_half_up(rate, 36))
     for k in range(5):
         for c in range(4):
             np.testing.assert_array_equal(mask[k, c], brute_force_mask(scores[k, c], rate))
@@ -74,6 +92,46 @@ def test_filter_scope_removes_the_filters_of_smallest_norm():
     # a filter pruned earlier stays pruned and counts toward the rate
     again = pruning.magnitude_mask(scores * mask, 0.34, scope="filter", current=mask)
     np.testing.assert_array_equal(again, mask)
+
+
+def test_filter_scope_ranks_by_the_frobenius_norm():
+    """Filter 0 has one large weight (norm 3), filter 1 four ones (norm 2): the Frobenius
+    norm prunes filter 1; a sum of magnitudes or of square roots would prune filter 0."""
+    scores = np.array([[3.0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2]]).reshape(3, 1, 2, 2)
+    mask = pruning.magnitude_mask(scores, 0.34, scope="filter")        # round(1.02) = 1 filter
+    assert mask[0].all() and not mask[1].any() and mask[2].all()
+
+
+def test_a_pair_that_would_overshoot_takes_the_next_single_or_trades_one():
+    partner = np.array([0, 2, 1, 4, 3, 5])       # singles 0 and 5, pairs {1, 2} and {3, 4}
+    scores = np.array([[0.1, 0.2, 0.2, 0.3, 0.3, 0.4]])
+    none = np.zeros_like(scores, bool)
+    # target 2: single 0, then pair {1,2} would make 3: the next single (5) instead
+    np.testing.assert_array_equal(pruning.select(scores, none, 2, partner)[0], [1, 0, 0, 0, 0, 1])
+    # target 4 with singles gone: {0}, {1,2}, then {3,4} would make 5, {5} is single: take it
+    np.testing.assert_array_equal(pruning.select(scores, none, 4, partner)[0], [1, 1, 1, 0, 0, 1])
+    # only pairs left after the singles: the last single taken is traded for the pair
+    partner = np.array([0, 2, 1, 4, 3])          # single 0, pairs {1,2}, {3,4}
+    scores = np.array([[0.1, 0.2, 0.2, 0.3, 0.3]])
+    np.testing.assert_array_equal(pruning.select(scores, np.zeros_like(scores, bool), 2, partner)[0],
+                                  [0, 1, 1, 0, 0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(fh=st.integers(1, 7), fw=st.integers(1, 7), rate=st.floats(0, 1), seed=st.integers(0, 10 ** 6),
+       scope=st.sampled_from(["layer", "kernel", "global"]))
+def test_layer_kernel_and_global_masks_never_split_pairs(fh, fw, rate, seed, scope):
+    partner = fft.conjugate_partners(fh, fw)
+    rng = np.random.default_rng(seed)
+    shapes = [(2, 3, fh, fw // 2 + 1), (3, 1, fh, fw // 2 + 1)]
+    scores = [rng.random(s) for s in shapes]          # pairs NOT of equal score: the map must hold them
+    if scope == "global":
+        masks = pruning.global_masks(scores, rate, partners=[partner, partner])
+    else:
+        masks = [pruning.magnitude_mask(s, rate, scope=scope, partner=partner) for s in scores]
+    for m in masks:
+        flat = m.reshape(m.shape[0] * m.shape[1], -1)
+        np.testing.assert_array_equal(flat, flat[:, partner])
 
 
 def test_global_scope_uses_one_threshold_over_layers():
@@ -95,7 +153,7 @@ def test_masks_only_shrink_across_rounds():
         scores = scores * last + rng.random(scores.shape) * 0.1 * last   # retraining moves the kept ones
         mask = pruning.magnitude_mask(scores, rate, scope="layer", current=last)
         assert np.all(mask <= last)                              # nothing pruned comes back
-        assert (mask == 0).sum() == int(np.floor(rate * scores.size + 0.5))
+        assert (mask == 0).sum() == round_half_up(rate, scores.size)
         last = mask
     # a lower rate than the current one changes nothing
     np.testing.assert_array_equal(pruning.magnitude_mask(scores * last, 0.2, current=last), last)
@@ -135,6 +193,15 @@ def test_conjugate_pairs_are_never_split(fh, fw, rate, seed):
         assert np.all(out.sum(axis=1) == target)
     else:
         assert np.all(np.abs(out.sum(axis=1) - target) <= 1)
+
+
+def test_agp_needs_room_for_its_steps():
+    with pytest.raises(ConfigError, match=r"--retrain-iters: the agp schedule needs at least 2 x --agp-steps = 20"):
+        pruning.agp_plan(0.9, 19, steps=10)
+    with pytest.raises(ConfigError, match=r"--agp-steps: must be >= 1"):
+        pruning.agp_plan(0.9, 100, steps=0)
+    plan = pruning.agp_plan(0.9, 20, steps=10)
+    assert [t for t, _ in plan] == list(range(1, 11)) and plan[-1] == (10, 0.9)
 
 
 def test_agp_schedule_values():
@@ -257,6 +324,47 @@ def test_cross_domain_global_scope_is_refused(tiny, tmp_path):
     with pytest.raises(ConfigError, match=r"--scope: global scope over layers of different domains: "
                                           r"conv1 \(winograd\), conv2 \(spectral\), conv3 \(spatial\)"):
         pruning.compute_masks(pruning.select_targets(net), 0.5, "global")
+    with pytest.raises(ConfigError, match=r"global scope over layers of different domains: "
+                                          r"conv1 \(winograd\), conv3 \(spatial\)"):
+        pruning.compute_masks(pruning.select_targets(net, ["conv1", "conv3"]), 0.5, "global")
+    assert len(pruning.select_targets(net, ["conv3", "conv3"])) == 1       # a layer named twice is one
+
+
+def test_non_finite_weights_are_an_error_and_masks_give_exact_zeros(tiny, tmp_path):
+    from wincaffe.layer import Param
+    p = Param("w", np.array([np.inf, np.nan, 1.0, 2.0], np.float32))
+    p.set_mask([0, 0, 1, 1])
+    np.testing.assert_array_equal(p.data, [0, 0, 1, 2])
+    net = Net(str(tmp_path / "net.yaml"), TRAIN)
+    net.layer_by_name("conv3").params[0].data[0, 0, 0, 0] = np.nan
+    with pytest.raises(ConfigError, match=r"layer 'conv3' \(Convolution\): has non-finite spatial weights"):
+        pruning.compute_masks(pruning.select_targets(net, ["conv3"]), 0.5)
+
+
+def test_weights_files_with_broken_masks_are_refused(tiny, tmp_path):
+    from wincaffe.errors import SnapshotError
+    from wincaffe.snapshot import load_weights, save_npz
+    solver, weights = tiny
+    arrays = load_npz(weights)
+    net = Net(str(tmp_path / "net.yaml"), TRAIN)
+    cases = {
+        "buffer/conv1/winograd_mask": (lambda a: a * 0.5, "the winograd_mask buffer holds values other than 0 and 1"),
+        "buffer/conv2/spectral_mask": (lambda a: np.where(np.arange(a.size).reshape(a.shape) == 4 * 7, 0, a),
+                                       "conjugate pair"),
+    }
+    for key, (edit, words) in cases.items():
+        bad = dict(arrays)
+        bad[key] = edit(arrays[key]).astype(arrays[key].dtype)
+        path = str(tmp_path / "bad.npz")
+        save_npz(path, bad)
+        with pytest.raises(SnapshotError, match=words):
+            load_weights(net, path)
+    # masks without the FFT size they were made for
+    bad = {k: v for k, v in arrays.items() if k != "const/conv2/fft_size"}
+    save_npz(str(tmp_path / "noconst.npz"), bad)
+    with pytest.raises(SnapshotError, match=r"layer 'conv2' \(FFTConv\): the file has masks but no "
+                                            r"fft_param.fft_size"):
+        load_weights(net, str(tmp_path / "noconst.npz"))
     targets = pruning.select_targets(net, ["conv2", "conv3"], domain="spatial")
     masks = pruning.compute_masks(targets, 0.5, "global")
     total = sum(m.size for m in masks.values())
@@ -352,6 +460,16 @@ def test_sensitivity_scan_writes_a_table_and_a_plot(tiny, tmp_path, capsys):
                                                                      "(Convolution): --domain: cannot be pruned"),
     (["--schedule", "rounds", "--rates", "0.5,0.3"], "wincaffe: error: --rates: must not decrease"),
     (["--schedule", "agp"], "wincaffe: error: --agp: the agp schedule needs --rate"),
+    (["--schedule", "agp", "--rate", "0.7", "--retrain-iters", "0"], "wincaffe: error: --retrain-iters: the agp "
+                                                                     "schedule needs at least 2 x --agp-steps"),
+    (["--schedule", "agp", "--rate", "0.7", "--agp-steps", "0"], "wincaffe: error: --agp-steps: must be >= 1"),
+    (["--rate", "0.5", "--retrain-epochs", "nan"], "wincaffe: error: --retrain-epochs: must be a number"),
+    (["--rate", "0.5", "--retrain-epochs", "inf"], "wincaffe: error: --retrain-epochs: must be a number"),
+    (["--rate", "0.5", "--retrain-epochs", "-1"], "wincaffe: error: --retrain-epochs: must be a number"),
+    (["--rate", "0.5", "--retrain-iters", "-1"], "wincaffe: error: --retrain-iters: must be >= 0"),
+    (["--rate", "0.5", "--test-iterations", "0"], "wincaffe: error: --test-iterations: must be >= 1"),
+    (["--rate", "0.5", "--layers", ","], "wincaffe: error: --layers: names no layer"),
+    (["--schedule", "rounds", "--rates", ""], "wincaffe: error: --rates: needs at least one rate"),
 ])
 def test_bad_prune_arguments_are_one_line(tiny, tmp_path, capsys, args, message):
     solver, weights = tiny
@@ -360,6 +478,25 @@ def test_bad_prune_arguments_are_one_line(tiny, tmp_path, capsys, args, message)
     assert code == 1 and err[-1].startswith(message.replace("--agp: ", "--rate: ")), err[-1]
     assert not any("Traceback" in line for line in err)
     assert not os.path.exists(tmp_path / "x" / "net_pruned.npz")
+
+
+def test_agp_from_already_pruned_weights_starts_at_their_sparsity(tiny, tmp_path, capsys):
+    solver, weights = tiny
+    assert main(["prune", "--solver", solver, "--weights", weights, "--rate", "0.5", "--retrain-iters", "0",
+                 "--output", str(tmp_path / "p50"), "--no-progress"]) == 0
+    assert main(["prune", "--solver", solver, "--weights", str(tmp_path / "p50" / "net_pruned.npz"),
+                 "--schedule", "agp", "--rate", "0.8", "--agp-steps", "3", "--retrain-iters", "12",
+                 "--output", str(tmp_path / "agp"), "--no-progress"]) == 0
+    plan = json.loads((tmp_path / "agp" / "net_pruned.json").read_text())["rounds"][0]["agp_plan"]
+    assert [t for t, _ in plan] == [2, 4, 6]
+    s_i = 0.5
+    assert np.allclose([r for _, r in plan], [0.8 + (s_i - 0.8) * (1 - j / 3) ** 3 for j in (1, 2, 3)], atol=2e-3)
+
+
+def test_sensitivity_treats_global_scope_as_one_layer_at_a_time(tiny, tmp_path, capsys):
+    solver, weights = tiny
+    assert main(["prune", "--solver", solver, "--weights", weights, "--sensitivity", "--scope", "global",
+                 "--rates", "0.5", "--output", str(tmp_path / "s")]) == 0
 
 
 def test_density_command(tiny, tmp_path, capsys):

@@ -145,6 +145,8 @@ def test_mask_keeps_pruned_weights_zero(toy, tmp_path, kind, clip):
     s.step(10)
     assert np.all(w.data[~mask] == 0) and np.all(w.data[mask] != 0)
     assert np.all(s.history[s.params.index(w)][~mask] == 0)       # no stale momentum left
+    if kind == "Adam":
+        assert np.all(s.history2[s.params.index(w)][~mask] == 0)  # nor a stale second moment
     s.snapshot()
     # masks travel with the weights file
     arrays = load_npz(str(tmp_path / "toy_iter_15.npz"))

@@ -107,8 +107,9 @@ def cmd_prune(args):
     from wincaffe.prune_job import DEFAULT_SENSITIVITY_RATES, PruneJob, parse_rates
     from wincaffe.snapshot import ensure_writable_dir
     ensure_writable_dir(args.output)
-    rates = parse_rates(args.rates) if args.rates else None
-    job = PruneJob(args.solver, args.weights, net=args.net, layers=_names(args.layers),
+    rates = parse_rates(args.rates) if args.rates is not None else None
+    layers = None if args.layers is None else (_names(args.layers) or [])
+    job = PruneJob(args.solver, args.weights, net=args.net, layers=layers,
                    skip_first=args.skip_first, domain=args.domain, scope=args.scope,
                    test_iterations=args.test_iterations, base_lr=args.base_lr, output=args.output,
                    dtype=_dtype(args.dtype), progress=False if args.no_progress else None)

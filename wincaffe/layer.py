@@ -96,7 +96,7 @@ class Param:
         if mask.shape != self.data.shape:
             raise ValueError(f"param {self.name}: mask shape {mask.shape} != data shape {self.data.shape}")
         self.mask = (mask != 0).astype(self.data.dtype)
-        self.data *= self.mask
+        np.copyto(self.data, 0, where=self.mask == 0)   # exact zeros, even under NaN or inf
 
     def step_direction(self, out):
         """Write what the solver steps along into ``out``: P(diff), or diff itself."""
@@ -203,6 +203,10 @@ class Layer:
         values differ is refused with one line naming the layer and ``field``."""
         return {}
 
+    def check_loaded(self):
+        """After a weights file was copied in: raise a ConfigError if the loaded state
+        breaks a rule the layer keeps (e.g. a mask that is not 0/1)."""
+
     # ----- optional: data layers ----------------------------------------------------
     def epoch_length(self):
         """Batches per pass over the data set (a data layer), else None."""
@@ -249,6 +253,10 @@ class Layer:
     def _check_domain(self, domain):
         if domain not in self.prune_domains():
             raise self._no_domain(domain)
+
+    def _require_binary(self, mask, what):
+        if not np.isin(mask, (0, 1)).all():
+            raise self.error(f"{what} holds values other than 0 and 1")
 
     # helpers for the common case: param ``index`` itself is pruned (Param.mask)
     def _param_scores(self, index=0):

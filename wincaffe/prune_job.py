@@ -5,7 +5,7 @@
 The weights file is an ordinary one with the masks inside (``wincaffe test``
 reproduces the reported accuracy; ``wincaffe train --weights`` retrains with the
 masks fixed). Retraining is the solver of the solver file, with its learning rate
-policy restarted at iteration 0 (``base_lr`` may be overridden), no periodic
+policy restarted at iteration 0 for each round (``base_lr`` may be overridden), no periodic
 snapshots and no periodic tests: the job tests before and after, always on the
 same images (the first ``test_iterations`` batches of the TEST data).
 
@@ -90,7 +90,6 @@ class PruneJob:
             n = load_weights(self.solver.net, weights, strict=True)
         log.info(f"Loaded {n} params from {self.weights}")
         self.targets = pruning.select_targets(self.solver.net, layers, skip_first=skip_first, domain=domain)
-        pruning.check_scope(self.targets, scope)
         log.info("Pruning " + ", ".join(f"{t.name} ({t.domain})" for t in self.targets) + f", {scope} scope")
 
     # ----- pieces ---------------------------------------------------------------------------
@@ -107,10 +106,12 @@ class PruneJob:
         return rows
 
     def retrain(self, iterations, plan=None):
-        """``iterations`` solver steps; ``plan`` [(iteration, rate)]: masks recomputed
-        at those iterations (AGP)."""
+        """``iterations`` solver steps from iteration 0 of the solver's learning-rate
+        policy (every round starts it again); ``plan`` [(iteration, rate)]: masks
+        recomputed at those iterations (AGP)."""
         if iterations <= 0:
             return
+        self.solver.iter = 0
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -142,8 +143,8 @@ class PruneJob:
                                   field="--retrain-epochs")
             raise ConfigError("the TRAIN net has no data layer: give --retrain-iters", field="--retrain-iters")
         epochs = 1.0 if epochs is None else float(epochs)
-        if epochs < 0:
-            raise ConfigError(f"must be >= 0, got {epochs:g}", field="--retrain-epochs")
+        if not (0 <= epochs < 1e6):            # also refuses NaN and infinity
+            raise ConfigError(f"must be a number of epochs >= 0, got {epochs:g}", field="--retrain-epochs")
         return int(round(epochs * epoch))
 
     # ----- the job ----------------------------------------------------------------------------
@@ -167,9 +168,10 @@ class PruneJob:
             if rate is None:
                 raise ConfigError(f"the {schedule} schedule needs --rate", field="--rate")
             steps = [pruning.check_rate(rate)]
-        if agp_steps < 1:
-            raise ConfigError(f"must be >= 1, got {agp_steps}", field="--agp-steps")
+        pruning.check_scope(self.targets, self.scope)
         n = self.retrain_length(retrain_iters, retrain_epochs)
+        if schedule == "agp":
+            pruning.agp_plan(steps[-1], n, steps=agp_steps)     # a ConfigError now, not after the dense test
 
         acc_dense = self.test("dense")
         if before_pruning is not None:
@@ -188,10 +190,11 @@ class PruneJob:
                 log.info(f"Pruning to rate {r:g}")
                 self.prune_to(r)
                 acc_pruned = self.test(f"pruned to {r:g}")
+                plan = None
                 self.retrain(n)
             acc_retrained = self.test(f"rate {r:g}, after {n} retraining iterations") if n else acc_pruned
             rounds.append({"rate": r, "accuracy_pruned": acc_pruned, "accuracy_retrained": acc_retrained,
-                           "retrain_iters": n})
+                           "retrain_iters": n, "agp_plan": plan})
 
         weights_out = os.path.join(self.output, f"{self.prefix}_pruned.npz") if save else None
         if save:
@@ -216,13 +219,15 @@ class PruneJob:
         """Each target pruned alone at each rate, tested without retraining, restored
         (global scope: one layer alone is layer scope)."""
         t0 = time.perf_counter()
+        scope = "layer" if self.scope == "global" else self.scope
+        pruning.check_scope(self.targets, scope)
         dense = self.test("dense")
         saved = {k: v.copy() for k, v in weights_arrays(self.solver.net).items()}
         curves = {}
         for t in self.targets:
             accs = []
             for r in rates:
-                pruning.prune([t], r, "layer" if self.scope == "global" else self.scope)
+                pruning.prune([t], r, scope)
                 accs.append(self.test(f"{t.name} alone pruned to {r:g}"))
                 load_weights_arrays(self.solver.net, saved, "the dense weights")
             curves[t.name] = accs

@@ -29,6 +29,7 @@ retraining); ``agp``, gradual pruning (Zhu & Gupta 2017):
     s_t = s_f + (s_i − s_f)·(1 − (t − t₀)/(n·Δt))³,  t = t₀, t₀ + Δt, …, t₀ + n·Δt.
 """
 import math
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
@@ -51,8 +52,11 @@ def check_rate(rate, option="--rate"):
 
 
 def prune_count(rate, n):
-    """round(R·n), halves rounded up: how many of ``n`` entries a rate prunes."""
-    return min(n, int(math.floor(check_rate(rate) * n + 0.5)))
+    """round(R·n), halves rounded up: how many of ``n`` entries a rate prunes. R is taken
+    as written (its shortest decimal form), so 0.58 of 25 is 14.5 → 15, not 14 as
+    floor(0.58·25 + 0.5) gives in binary floating point."""
+    exact = Decimal(repr(check_rate(rate))) * int(n)
+    return min(int(n), int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)))
 
 
 # ----- selecting what to prune ------------------------------------------------------------
@@ -188,9 +192,14 @@ def agp_rate(t, *, initial, final, start, steps, interval):
 
 def agp_plan(final, iterations, *, initial=0.0, steps=10):
     """[(iteration, rate)] of an AGP schedule over ``iterations`` of retraining: n =
-    ``steps`` mask updates Δt apart in the first half (Δt = ⌊N/2/n⌋, at least 1), so
-    the second half retrains with the final masks fixed."""
-    interval = max(1, (iterations // 2) // max(1, steps))
+    ``steps`` mask updates Δt = ⌊N/2/n⌋ apart in the first half, so the second half
+    retrains with the final masks fixed. Needs N ≥ 2n (else a ConfigError)."""
+    if steps < 1:
+        raise ConfigError(f"must be >= 1, got {steps}", field="--agp-steps")
+    interval = (iterations // 2) // steps
+    if interval < 1:
+        raise ConfigError(f"the agp schedule needs at least 2 x --agp-steps = {2 * steps} retraining iterations, "
+                          f"got {iterations}", field="--retrain-iters")
     return [(j * interval, agp_rate(j * interval, initial=initial, final=final, start=0,
                                     steps=steps, interval=interval))
             for j in range(1, steps + 1)]
@@ -224,6 +233,8 @@ def select_targets(net, layers=None, *, skip_first=False, domain=None):
     prunes by default (the convolutions); ``skip_first`` leaves the first of them
     dense (Liu et al.). ``domain`` None: each layer's own first domain."""
     prunable = prunable_layers(net)
+    if layers is not None and not layers:
+        raise ConfigError("names no layer", field="--layers")
     if layers:
         by_name = {l.name: l for l in net.layers}
         chosen = []
@@ -278,16 +289,24 @@ def check_scope(targets, scope):
                                   field="--scope")
 
 
+def _scores(target):
+    scores = target.layer.prune_scores(target.domain)
+    if not np.isfinite(scores).all():
+        raise ConfigError(f"has non-finite {target.domain} weights (NaN or infinity): nothing to rank them by",
+                          layer=target.name, layer_type=target.layer.type_name)
+    return scores
+
+
 def compute_masks(targets, rate, scope="layer"):
     """{layer name: new mask} for pruning ``rate`` of each target in ``scope``."""
     check_scope(targets, scope)
     rate = check_rate(rate)
     if scope == "global":
-        masks = global_masks([t.layer.prune_scores(t.domain) for t in targets], rate,
+        masks = global_masks([_scores(t) for t in targets], rate,
                              currents=[t.layer.mask(t.domain) for t in targets],
                              partners=[t.layer.prune_partners(t.domain) for t in targets])
         return {t.name: m for t, m in zip(targets, masks)}
-    return {t.name: magnitude_mask(t.layer.prune_scores(t.domain), rate, scope=scope,
+    return {t.name: magnitude_mask(_scores(t), rate, scope=scope,
                                    current=t.layer.mask(t.domain), partner=t.layer.prune_partners(t.domain))
             for t in targets}
 

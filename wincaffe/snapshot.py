@@ -17,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from wincaffe.errors import SnapshotError
+from wincaffe.errors import ConfigError, SnapshotError
 
 
 def atomic_write(path, write, *, binary=True):
@@ -123,12 +123,16 @@ def load_weights_arrays(net, arrays, path="weights", *, strict=False):
     """:func:`load_weights` from a dict of arrays (as :func:`weights_arrays` gives);
     ``path`` names the source in errors."""
     for layer in net.layers:   # constants first: a different FFT size explains every shape below
+        masks_here = any(k.startswith((f"mask/{layer.name}/", f"buffer/{layer.name}/")) for k in arrays)
         for name, (value, field) in layer.model_constants().items():
             key = f"const/{layer.name}/{name}"
             if key in arrays and not np.array_equal(arrays[key], np.asarray(value)):
                 raise SnapshotError(f"{path}: layer '{layer.name}' ({layer.type_name}): {field} is "
                                     f"{arrays[key].tolist()} in the file but {list(np.asarray(value).tolist())} "
                                     f"in the net")
+            if key not in arrays and masks_here:   # masks whose shape may fit by chance (Fw 12 and 13)
+                raise SnapshotError(f"{path}: layer '{layer.name}' ({layer.type_name}): the file has masks but "
+                                    f"no {field} to check them against (written by another version or net?)")
     loaded = 0
     for layer in net.layers:
         for i, p in enumerate(layer.params):
@@ -155,4 +159,9 @@ def load_weights_arrays(net, arrays, path="weights", *, strict=False):
             buf[...] = _numeric(path, key, arrays[key], buf.shape)
     if loaded == 0 and any(l.params for l in net.layers):
         raise SnapshotError(f"{path}: none of its weights match a layer of net '{net.name}'")
+    for layer in net.layers:
+        try:
+            layer.check_loaded()
+        except ConfigError as exc:
+            raise SnapshotError(f"{path}: {exc}") from None
     return loaded

@@ -4,16 +4,19 @@ Per parameter, each iteration (Caffe's ApplyUpdate, with preconditioners and mas
 added), in this order:
     g  = P(diff)              the param's preconditioner, else g = diff (Param.diff itself
                               stays the gradient dL/d(data))
+    g ⊙= mask                 pruned entries get no step and no share of the clipping norm
     g ·= c / ‖g‖              clip_gradients c: one global L2 norm over all params' g
                               (Caffe clips before normalising and regularising)
     g /= iter_size
     g += weight_decay · decay_mult · data    (L2; sign(data) for L1; not preconditioned:
-                              with P the gradient note's (G Gᵀ)·(G Gᵀ), this is its eq. 27)
-    g ⊙= mask                 pruned entries get no update, no momentum
+                              with P the gradient note's (G Gᵀ)·(G Gᵀ), this is its eq. 27,
+                              and without clipping every SGD or Nesterov step of Q is
+                              G (the spatial twin's step of W) Gᵀ; clipping breaks that
+                              identity, since ‖P(dL/dQ)‖ is not ‖dL/dW‖)
     SGD:      h = momentum · h + lr · lr_mult · g;  data −= h
     Nesterov: h' = momentum · h + lr · lr_mult · g; data −= (1 + momentum) h' − momentum · h
     Adam:     m, v moments; data −= lr · lr_mult · √(1−β2ᵗ)/(1−β1ᵗ) · m / (√v + δ)
-    data ⊙= mask
+    data ⊙= mask, and the momentum (Adam: both moments) ⊙= mask
 """
 import json
 import math
@@ -75,19 +78,20 @@ class Solver:
         if self._steps is None:
             self._steps = [np.empty_like(p.data) for p in self.params]
         steps = [p.step_direction(g) for p, g in zip(self.params, self._steps)]
+        for p, g in zip(self.params, steps):
+            if p.mask is not None:
+                g *= p.mask           # pruned entries: no step, and no share of the clipping norm
         self._clip(steps)
         for k, (p, g) in enumerate(zip(self.params, steps)):
             if s.iter_size > 1:
                 g /= s.iter_size
             rate = lr * p.lr_mult
             decay = s.weight_decay * p.decay_mult
-            if decay:
+            if decay:                 # a masked weight is 0, so its decay term is 0 too
                 if s.regularization_type == "L2":
                     g += decay * p.data
                 else:
                     g += decay * np.sign(p.data)
-            if p.mask is not None:
-                g *= p.mask
             h = self.history[k]
             if s.type == "SGD":
                 h *= s.momentum
