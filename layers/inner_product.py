@@ -41,6 +41,7 @@ class InnerProduct(SpatialPruning, Layer):
             raise self.error(f"bottom {shape} flattens to {D} inputs per sample but the weights take {D_w}",
                              field="bottom")
         tops[0].reshape(shape[:self.axis] + (K,), self.dtype)
+        self._rows_per_sample = int(np.prod(shape[1:self.axis]))
 
     def forward(self, bottoms, tops):
         K, D = self.params[0].shape
@@ -62,7 +63,9 @@ class InnerProduct(SpatialPruning, Layer):
 
     def count_mults(self):
         W = self.params[0].data
-        return {"direct": W.size, "weight_domain": "spatial", "weight_density": float(np.count_nonzero(W)) / W.size}
+        rows = self._rows_per_sample        # axis > 1: one K×D product per leading position
+        return {"direct": W.size * rows, "weight_domain": "spatial",
+                "weight_density": float(np.count_nonzero(W)) / W.size}
 
     def count_sparse_mults(self, bottoms):
         D = self.params[0].shape[1]

@@ -136,6 +136,12 @@ def test_dask_local_cluster_gives_the_same_results_as_the_local_pool(tiny_study,
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster:
+        from wincaffe.executors import DaskExecutor
+        ex = DaskExecutor(cluster.scheduler_address)
+        a, b = ex.share({"weights": 1.0}), ex.share({"weights": 2.0})      # same keys, other data
+        assert ex.submit(dict.get, a, "weights").result() == 1.0
+        assert ex.submit(dict.get, b, "weights").result() == 2.0
+        ex.close()
         out_dask = str(tmp_path / "dask")
         assert main(["compare", "--config", tiny_study, "--output", out_dask, "--scheduler",
                      cluster.scheduler_address, "--no-progress"]) == 0
@@ -191,3 +197,100 @@ def test_bad_command_line_options_are_one_line(tiny_study, tmp_path, capsys):
         assert main(["compare", "--config", tiny_study, *args]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("wincaffe: error: ") and words in err[-1], err[-1]
+
+
+# ----- the pieces, without running cells ------------------------------------------------------------
+
+def test_store_survives_torn_and_foreign_lines(tmp_path):
+    import logging
+    from wincaffe.compare import ResultsStore
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("wincaffe.compare").addHandler(handler)
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"key": "a", "method": "m", "rate": 0.5, "repeat": 0}\n'
+                     b'not json at all\n\xff\xfe binary\n'
+                     b'{"key": "b", "method": "m", "rate": 0.7, "repeat": 0, "error": "boom"}\n'
+                     b'{"key": "c", "meth')                                  # torn by a kill
+    store = ResultsStore(str(path))
+    assert store.finished("a") and not store.finished("b") and not store.finished("c")   # failed: retried
+    logging.getLogger("wincaffe.compare").removeHandler(handler)
+    assert any("3 unreadable line(s) ignored" in m for m in seen)
+    store.append({"key": "c", "method": "m", "rate": 0.9, "repeat": 0})
+    again = ResultsStore(str(path))
+    assert again.finished("c") and again.finished("a")               # not glued to the torn line
+
+
+def test_cell_keys_follow_what_matters(tiny_study):
+    from wincaffe import study as studies
+    s = load_study(tiny_study)
+    m = s["methods"][0]
+    files = studies.method_files(m)
+    key = studies.cells(s, m, files, ["d"])[0][0]
+    assert studies.cells(s, m, files, ["d"])[0][0] == key                         # stable
+    m2 = dict(m, title="another title", table="baseline")
+    assert studies.cells(s, type(m)(m2), files, ["d"])[0][0] == key              # cosmetic: same cell
+    for change in ({"net": dict(files["net"], name="other")},                    # net content
+                   {"solver": dict(files["solver"], base_lr=0.02)}):             # solver content
+        assert studies.cells(s, m, dict(files, **change), ["d"])[0][0] != key
+    assert studies.cells(s, m, files, ["other dense"])[0][0] != key             # other dense weights
+    assert studies.cells(dict(s, test_images=50), m, files, ["d"])[0][0] != key
+    assert studies.cells(dict(s, retrain_iters=7), m, files, ["d"])[0][0] != key
+
+
+def test_retraining_length_precedence(tiny_study, tmp_path):
+    from wincaffe import study as studies
+    text = open(tiny_study).read().replace("    rates: [0.25, 0.75]", "    rates: [0.25, 0.75]\n    retrain_epochs: 3")
+    path = tmp_path / "prec.yaml"
+    path.write_text(text)
+    s = load_study(str(path))
+    assert studies.retrain_length(s, s["methods"][1]) == (None, 3.0)             # the method's own wins
+    assert studies.retrain_length(s, s["methods"][0]) == (6, None)               # the study's iterations
+    path.write_text(text.replace("retrain_epochs: 3", "retrain_epochs: 3\n    retrain_iters: 4"))
+    with pytest.raises(ConfigError, match=r"methods\[1\]\.retrain_epochs: give retrain_iters or retrain_epochs"):
+        load_study(str(path))
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--rates", "0.5,0.5"], "--rates: the rate 0.5 is given twice"),
+    (["--dense-iters", "0"], "--dense-iters: must be >= 1"),
+    (["--retrain-iters", "-1"], "--retrain-iters: must be >= 0"),
+    (["--repeats", "0"], "--repeats: must be >= 1"),
+    (["--workers", "0"], "--workers: must be >= 1"),
+])
+def test_bad_overrides_are_refused_before_any_work(tiny_study, tmp_path, capsys, args, words):
+    assert main(["compare", "--config", tiny_study, "--output", str(tmp_path / "o"), *args]) == 1
+    assert words in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o" / "results.jsonl")
+
+
+def test_duplicate_and_nan_rates_in_the_file(tiny_study):
+    text = open(tiny_study).read()
+    for bad, words in (("rates: [0.5, 0.5]", r"methods\[0\]\.rates: the rate 0.5 is given twice"),
+                       ("rates: [0.5, .nan]", r"methods\[0\]\.rates\[1\]: must be a number, got nan")):
+        with open(tiny_study, "w") as fh:
+            fh.write(text.replace("rates: [0.5, 0.9]", bad))
+        with pytest.raises(ConfigError, match=words):
+            load_study(tiny_study)
+
+
+def test_repeats_train_their_own_baselines_and_a_bad_dense_file_fails_only_its_cells(tiny_study, tmp_path, capsys):
+    (tmp_path / "junk.npz").write_bytes(b"not a weights file")
+    text = open(tiny_study).read() + """  - name: junk
+    solver: wino_solver.yaml
+    dense_weights: junk.npz
+    rates: [0.5]
+"""
+    path = tmp_path / "rep.yaml"
+    path.write_text(text)
+    out = str(tmp_path / "rep")
+    assert main(["compare", "--config", str(path), "--output", out, "--workers", "2", "--methods", "wino,junk",
+                 "--rates", "0.5", "--repeats", "2", "--no-progress"]) == 2
+    recs = records(out)
+    wino = sorted((r for r in recs if r["method"] == "wino"), key=lambda r: r["repeat"])
+    assert [r["repeat"] for r in wino] == [0, 1] and all("error" not in r for r in wino)
+    assert wino[0]["accuracy_dense"] != wino[1]["accuracy_dense"] or wino[0] != wino[1]
+    assert len([f for f in os.listdir(os.path.join(out, "dense")) if f.endswith(".npz")]) == 2
+    junk = [r for r in recs if r["method"] == "junk"]
+    assert len(junk) == 2 and all("dense weights:" in r["error"] for r in junk)

@@ -204,3 +204,67 @@ def test_mults_table_and_csv(capsys):
     assert main(["mults", "--model", path, "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("name,type,direct,direct_sparse,winograd") and lines[-1].startswith("total,")
+
+
+def test_inner_product_with_axis_2_counts_every_row():
+    layer, b, t = make_layer("InnerProduct", [(2, 3, 4)], inner_product_param={"num_output": 5, "axis": 2})
+    assert layer.count_mults()["direct"] == 3 * 4 * 5          # 3 rows of 4 inputs per sample
+    x = sparse_input((2, 3, 4), 0.5, 8)
+    b[0].data[...] = x
+    layer.forward(b, t)
+    W = layer.params[0].data
+    brute = sum(1 for n in range(2) for i in range(3) for k in range(5) for d in range(4)
+                if x[n, i, d] and W[k, d])
+    assert layer.count_sparse_mults(b)["direct_sparse"] == brute
+
+
+def test_measured_counts_are_per_image_of_each_layers_own_batch():
+    """count_net over 2 batches: a layer fed batch 4 divides its sums by 8 images, even when
+    the net's first layer is an Input of batch 1."""
+    from wincaffe.config import validate_net
+    from wincaffe.layer import TEST
+    from wincaffe.net import Net
+    spec = validate_net({"name": "m", "layer": [
+        {"name": "aux", "type": "Input", "top": "aux", "input_param": {"shape": [1, 2]}},
+        {"name": "x", "type": "Input", "top": "x", "input_param": {"shape": [4, 2, 6, 5], "fill": "gaussian"}},
+        {"name": "relu", "type": "ReLU", "bottom": "x", "top": "x"},
+        {"name": "conv", "type": "Convolution", "bottom": "x", "top": "y",
+         "convolution_param": {"num_output": 3, "kernel_size": 3, "pad": 1}},
+        {"name": "ip", "type": "InnerProduct", "bottom": "y", "top": "z", "inner_product_param": {"num_output": 2}}]})
+    net = Net(spec, TEST, dtype=np.float64)
+    conv = net.layer_by_name("conv")
+    conv.params[0].data[...] *= np.random.default_rng(1).random(conv.params[0].shape) < 0.5
+    rows, total = counting.count_net(net, batches=2)
+    by = {r["name"]: r for r in rows}
+    x = net.blobs["x"].data                                     # the same input both times (Input)
+    expected = brute_conv_pairs(x, conv.params[0].data, 1) / 4
+    assert by["conv"]["direct_sparse"] == int(round(expected))
+    assert by["conv"]["direct"] == 3 * 2 * 9 * 6 * 5
+    assert 0 < by["conv"]["activation_density"] < 1 and by["conv"]["activation_density_std"] == 0
+    assert total["direct_sparse"] == by["conv"]["direct_sparse"] + by["ip"]["direct_sparse"]
+    assert total["direct"] == by["conv"]["direct"] + by["ip"]["direct"]
+
+
+@pytest.mark.mnist
+def test_mults_with_weights_measures_sparse_counts(tmp_path, capsys):
+    net = os.path.join(ROOT, "nets", "lenet5_pad1_3x3_winograd.yaml")
+    from wincaffe.layer import TRAIN
+    from wincaffe.net import Net
+    from wincaffe.snapshot import save_weights
+    n = Net(net, TRAIN)
+    n.layer_by_name("conv2").set_mask("winograd", (np.random.default_rng(0).random((50, 20, 4, 4)) < 0.3))
+    save_weights(n, str(tmp_path / "w.npz"))
+    assert main(["mults", "--model", net, "--weights", str(tmp_path / "w.npz"), "--batches", "2",
+                 "--format", "json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["images"] == 200 and rep["batches"] == 2
+    by = {r["name"]: r for r in rep["layers"]}
+    c2 = by["conv2"]
+    assert abs(c2["weight_density"] - 0.3) < 0.02
+    # at most the weights' 30% (MNIST's blank borders make conv1's output, and so V, zero in places)
+    assert 0.05 < c2["winograd_sparse"] / c2["winograd"] <= 0.32
+    assert c2["activation_density"] < 1
+    assert c2["direct_sparse"] <= c2["direct"] and by["conv1"]["direct_sparse"] < by["conv1"]["direct"]
+    assert rep["total"]["winograd_sparse"] == sum(r["winograd_sparse"] if r["winograd_sparse"] is not None
+                                                  else r["direct_sparse"] for r in rep["layers"])
+    assert "reduction_transforms" not in rep["total"]

@@ -164,7 +164,7 @@ def cmd_mults(args):
         return 0
     keys = ["name", "type"] + list(COUNTS) + ["weight_domain", "weight_density", "activation_domain",
                                               "activation_density", "activation_density_std"] + \
-        [f"reduction_{k}" for k in COUNTS if k != "direct"]
+        [f"reduction_{k}" for k in COUNTS if k not in ("direct", "transforms")]
     if args.format == "csv":
         sys.stdout.write(to_csv(rows, keys))
         return 0
@@ -197,9 +197,15 @@ def cmd_compare(args):
     for m in s["methods"]:
         study.method_files(m)          # every file readable and valid before anything runs
     executor = make_executor(workers=args.workers, scheduler=args.scheduler, threads=s["threads"])
+    import signal
+
+    def terminate(signum, frame):      # SIGTERM: stop like Ctrl-C, workers included
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         summary = compare.run_study(s, args.output, executor, progress=False if args.no_progress else None)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         executor.close()
     print(f"{summary['cells']} cells ({summary['skipped']} skipped as finished, {summary['failed']} failed) "
           f"in {summary['wall_seconds'] / 60:.1f} min")
@@ -337,7 +343,8 @@ def build_parser():
     co.add_argument("--rates", help="comma-separated rates for every method (overrides the file)")
     co.add_argument("--retrain-iters", type=int, help="retraining iterations per cell (overrides the file)")
     co.add_argument("--dense-iters", type=int, help="dense training iterations (overrides the file)")
-    co.add_argument("--repeats", type=int, help="repeats of each cell with different seeds")
+    co.add_argument("--repeats", type=int, help="repeats of each cell: each repeat trains its own dense "
+                                                "baseline and retrains with its own seed")
     co.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     co.set_defaults(func=cmd_compare)
 

@@ -7,8 +7,9 @@ resumable, on a local pool of processes or a Dask cluster.
 
 A dense baseline is a task (:func:`train_dense`) that trains a method's net and
 returns its weights; the client caches them in ``DIR/dense/<key>.npz`` (key: a
-hash of the net, the solver and the iterations), so a rerun or another study with
-the same baseline trains nothing. A cell is a task (:func:`run_cell`): prune →
+hash of the net and solver files, the iterations, the test images, the threads and
+the repeat), so a rerun, or another study with the same baseline and the same
+output folder, trains nothing. A cell is a task (:func:`run_cell`): prune →
 test → retrain → test → multiply counts → inference milliseconds; it returns a
 record and writes nothing. The client appends each record to
 ``DIR/results.jsonl`` as it arrives (flushed and fsynced): a killed run loses at
@@ -24,6 +25,7 @@ import time
 import numpy as np
 
 from wincaffe import study as studies
+from wincaffe.errors import WincaffeError
 from wincaffe.log import get_logger
 
 log = get_logger("compare")
@@ -153,15 +155,28 @@ class ResultsStore:
     def __init__(self, path):
         self.path = path
         self.records = {}
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue            # a torn last line
-                    if isinstance(rec, dict) and "key" in rec:
-                        self.records[rec["key"]] = rec
+        self._needs_newline = False
+        if not os.path.exists(path):
+            return
+        with open(path, "rb") as fh:
+            data = fh.read()
+        self._needs_newline = bool(data) and not data.endswith(b"\n")   # a line torn by a kill
+        bad = 0
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line.decode("utf-8"))
+            except ValueError:                      # torn, not JSON, not UTF-8
+                bad += 1
+                continue
+            if isinstance(rec, dict) and "key" in rec:
+                self.records[rec["key"]] = rec
+            else:
+                bad += 1
+        if bad:
+            log.warning(f"{path}: {bad} unreadable line(s) ignored (a run killed while writing, or not a "
+                        f"results store); their cells run again")
 
     def finished(self, key):
         rec = self.records.get(key)
@@ -170,6 +185,9 @@ class ResultsStore:
     def append(self, record):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
+            if self._needs_newline:                 # never glue a record to a torn line
+                fh.write("\n")
+                self._needs_newline = False
             fh.write(json.dumps(record, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -190,17 +208,19 @@ def run_study(study, output, executor, *, progress=None):
     t0 = time.perf_counter()
     os.makedirs(output, exist_ok=True)
     store = ResultsStore(os.path.join(output, "results.jsonl"))
-    plans = []
+    plans = []    # one per (method, repeat): its baseline (a training job, or a file) and its cells
+    repeats = study["repeats"]
     for m in study["methods"]:
         files = studies.method_files(m)
-        if m.dense_weights:
+        if m.dense_weights:      # every repeat prunes the same file (and retrains with its own seed)
             from wincaffe.data.cache import md5_file
-            dense_key = "file-" + md5_file(m.dense_weights)[:12]
-            job = None
+            jobs, keys = [None] * repeats, ["file-" + md5_file(m.dense_weights)[:12]] * repeats
         else:
-            job = studies.dense_job(study, m, files)
-            dense_key = job["key"]
-        plans.append((m, job, dense_key, studies.cells(study, m, files, dense_key)))
+            jobs = [studies.dense_job(study, m, files, r) for r in range(repeats)]
+            keys = [j["key"] for j in jobs]
+        cs = studies.cells(study, m, files, keys)
+        for r in range(repeats):
+            plans.append((m, jobs[r], keys[r], [(k, c) for k, c in cs if c["repeat"] == r]))
     all_cells = [(key, cfg) for _, _, _, cs in plans for key, cfg in cs]
     todo = {key for key, _ in all_cells if not store.finished(key)}
     skipped = len(all_cells) - len(todo)
@@ -220,7 +240,11 @@ def run_study(study, output, executor, *, progress=None):
             cache = os.path.join(dense_dir, f"{dense_key}.npz")
             if m.dense_weights or os.path.exists(cache) or not cells_todo:
                 if cells_todo:
-                    weights = _load_dense_file(m.dense_weights or cache)
+                    try:
+                        weights = _load_dense_file(m.dense_weights or cache)
+                    except WincaffeError as exc:      # this method's cells fail; the sweep goes on
+                        _fail_all(store, bar, cells_todo, f"dense weights: {exc}")
+                        continue
                     handle = executor.share({"weights": weights})
                     for k, c in cells_todo:
                         pending[executor.submit(run_cell, c, handle)] = ("cell", k)
@@ -273,8 +297,7 @@ def _dense_done(fut, key, methods, executor, pending, store, bar, dense_dir, den
         error = f"dense training failed: {type(exc).__name__}: {exc}"
         log.error(f"{names}: {error}")
         for _, cells_todo in methods:
-            for k, c in cells_todo:
-                _finish(store, bar, dict(key=k, method=c["method"], rate=c["rate"], repeat=c["repeat"], error=error))
+            _fail_all(store, bar, cells_todo, error)
         return
     save_npz(os.path.join(dense_dir, f"{key}.npz"), result["weights"])
     info = {k: result[k] for k in ("accuracy", "iters", "seconds")}
@@ -286,6 +309,11 @@ def _dense_done(fut, key, methods, executor, pending, store, bar, dense_dir, den
         dense_info[m.name] = info
         for k, c in cells_todo:
             pending[executor.submit(run_cell, c, handle)] = ("cell", k)
+
+
+def _fail_all(store, bar, cells, error):
+    for k, c in cells:
+        _finish(store, bar, dict(key=k, method=c["method"], rate=c["rate"], repeat=c["repeat"], error=error))
 
 
 def _finish(store, bar, record):

@@ -102,8 +102,9 @@ def markdown(study, records, dense_info, wall_seconds, skipped=0):
     failed = [r for r in records if "error" in r]
     test_images = next((r["test_images"] for r in _ok(records)), None)
     reused = f", {skipped} of them kept from an earlier run" if skipped else ""
+    scored = f"accuracies on {test_images} MNIST test images; " if test_images else ""
     out.append(f"{len(records)} cells ({len(failed)} failed{reused}); this run's wall time {wall_seconds / 60:.1f} "
-               f"min; accuracies on {test_images} MNIST test images; loss = dense accuracy − accuracy, in points.")
+               f"min; {scored}loss = dense accuracy − accuracy, in points.")
     out.append("")
     for table, heading in (("liu_turakhia_fft", "FFT pruning: Liu & Turakhia, Table 2"),
                            ("liu_turakhia_winograd", "Winograd pruning: the data of Liu & Turakhia, Fig. 8"),
@@ -151,20 +152,23 @@ def markdown(study, records, dense_info, wall_seconds, skipped=0):
             out += [_md_table(head, rows), ""]
             if table == "liu_turakhia_winograd":
                 out += [LIU_TURAKHIA_FIG8, ""]
+    threads = study.get("threads", 1)
     out += ["## Multiplies and inference time", "",
             "Multiplies per image of the pruned layers' own algorithm (winograd_sparse, fft_masked or "
             "direct_sparse, see `wincaffe mults`), the whole net; inference: median ms per TEST batch "
-            "on one worker thread (dense products: pruned entries are multiplied as zeros).", ""]
+            f"on {threads} thread{'s' if threads > 1 else ''} per worker (dense products: pruned entries "
+            "are multiplied as zeros).", ""]
     rows = []
     for n, recs in by.items():
         key = algorithm_count(recs[0])
         for rate in sorted({r["rate"] for r in recs}):
             rs = [r for r in recs if r["rate"] == rate]
             direct = rs[0]["mults"]["direct"]
-            count = _stats([r["mults"][key] for r in rs if r["mults"].get(key) is not None] or [0])[0]
+            counts = [r["mults"][key] for r in rs if r["mults"].get(key) is not None]
+            count = _stats(counts)[0] if counts else None
             ms = [r["inference_ms"] for r in rs if r.get("inference_ms") is not None]
-            rows.append([n, f"{100 * rate:g}%", key, f"{count:,.0f}", f"{direct / count:.2f}x" if count else "—",
-                         f"{np.median(ms):.2f}" if ms else "—"])
+            rows.append([n, f"{100 * rate:g}%", key, f"{count:,.0f}" if count is not None else "not measured",
+                         f"{direct / count:.2f}x" if count else "—", f"{np.median(ms):.2f}" if ms else "—"])
     out += [_md_table(["method", "rate", "count", "multiplies", "direct / count", "inference ms"], rows), ""]
     if failed:
         out += ["## Failed cells", ""]
@@ -192,7 +196,7 @@ def plots(study, output, records):
             "retrained": [v[0] for v in _per_rate(recs, "accuracy_retrained").values()],
             "density": [v[0] for v in _per_rate(recs, "density").values()],
             "dense": _stats([r["accuracy_dense"] for r in recs])[0],
-            "mults": [_stats([r["mults"][key] for r in recs if r["rate"] == rate])[0]
+            "mults": [_stats([r["mults"][key] or 0 for r in recs if r["rate"] == rate])[0]
                       for rate in sorted(_per_rate(recs, "accuracy_retrained"))],
             "count": key,
         }

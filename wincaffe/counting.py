@@ -7,7 +7,8 @@ forward: the products whose operands are both nonzero). This module holds the pu
 helpers they use and the walk that sums them over a net; it names no layer type.
 
 The counts (all real multiplies, per image):
-    direct           K·C·r²·Ho·Wo of a direct convolution (InnerProduct: K·C)
+    direct           K·C·r²·Ho·Wo of a direct convolution (InnerProduct: K·D per row, one
+                     row per sample unless ``axis`` > 1 leaves several)
     direct_sparse    the direct products with a nonzero weight and a nonzero input,
                      counted exactly by correlating the 0/1 patterns (Liu et al. §4:
                      "pruned + sparse activations")
@@ -110,15 +111,15 @@ def count_net(net, batches=0):
             got = layer.count_sparse_mults(bottoms)
             if got:
                 acc = sums.setdefault(layer.name, {})
-                for k, v in got.items():
+                for k, v in dict(got, images=bottoms[0].shape[0]).items():
                     acc[k] = acc.get(k, 0) + v
             ad = layer.activation_density(bottoms)
             if ad is not None:
                 dens.setdefault(layer.name, (ad[0], []))[1].append(ad[1])
         for _ in range(batches):
             net.forward(observe=observe)
-        images = batches * net.batch_size()
         for name, acc in sums.items():
+            images = acc.pop("images")            # each layer's own batch: its bottom's first axis
             for k, v in acc.items():
                 rows[name][k] = int(round(v / images))
         for name, (domain, values) in dens.items():
@@ -157,14 +158,16 @@ def total_row(rows):
 
 
 def reductions(row):
-    """direct / count for each count of ``row`` (None where a count is missing or 0)."""
+    """direct / count for each count of the products (not the transforms) of ``row``
+    (None where a count is missing or 0)."""
     d = row.get("direct")
-    return {k: (d / row[k] if d and row.get(k) else None) for k in COUNTS if k != "direct"}
+    return {k: (d / row[k] if d and row.get(k) else None) for k in COUNTS if k not in ("direct", "transforms")}
 
 
 def mults_report(net, batches=0):
     """The rows of ``wincaffe mults``: per layer and a total, each with its counts,
-    densities and ``reduction_<count>`` = direct / count. JSON-ready."""
+    densities and ``reduction_<count>`` = direct / count. JSON-ready. ``images``: the
+    images the sparse counts were measured on (batches × the net's data batch)."""
     rows, total = count_net(net, batches)
     for row in rows + [total]:
         for k, v in reductions(row).items():

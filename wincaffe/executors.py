@@ -50,7 +50,15 @@ class LocalExecutor:
         return set(done), set(pending)
 
     def close(self, cancel=False):
-        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        """Wait for the pool to finish; ``cancel``: drop the queued tasks and stop the
+        workers now (their cells in flight are lost, as after a kill). Idempotent."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if cancel:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
 class DaskExecutor:
@@ -77,8 +85,11 @@ class DaskExecutor:
         return self._client.submit(fn, *args, pure=False)
 
     def share(self, value):
-        """Send ``value`` to the cluster once; tasks given the handle receive the value."""
-        return self._client.scatter(value, broadcast=False)
+        """Send ``value`` to the cluster once; tasks given the handle receive the value.
+        (Wrapped in a list: scattering a dict itself would use its keys as Dask keys,
+        so every dict with the same keys would share the first one's data.)"""
+        [future] = self._client.scatter([value], hash=False)
+        return future
 
     def wait_any(self, fs):
         from distributed import wait
@@ -86,7 +97,9 @@ class DaskExecutor:
         return set(done), set(pending)
 
     def close(self, cancel=False):
-        self._client.close()
+        if self._client is not None:
+            client, self._client = self._client, None
+            client.close()
 
 
 def make_executor(*, workers=None, scheduler=None, threads=1):

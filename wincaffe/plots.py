@@ -4,6 +4,7 @@ Each function takes plain numbers and a path; none is needed for training, so a
 missing matplotlib is one warning, not an error.
 """
 import io
+import textwrap
 import warnings
 
 from wincaffe.snapshot import atomic_write
@@ -52,6 +53,10 @@ def sensitivity_plot(path, rates, curves, dense, title):
     return path
 
 
+def _wrap(text, width=60):
+    return "\n".join(textwrap.wrap(str(text), width)) or str(text)
+
+
 def _zoom(ax, values, dense_values):
     """A y-range that shows the retrained accuracies near their dense accuracy."""
     top = max(dense_values + values)
@@ -71,7 +76,7 @@ def accuracy_vs_rate(path, series):
         color = f"C{i % 10}"
         x = [100 * r for r in s["rate"]]
         ax.plot(x, [100 * a for a in s["pruned"]], ls="--", marker="o", mfc="none", ms=4, color=color)
-        ax.plot(x, [100 * a for a in s["retrained"]], marker="o", ms=4, color=color, label=s["title"])
+        ax.plot(x, [100 * a for a in s["retrained"]], marker="o", ms=4, color=color, label=_wrap(s["title"]))
         zoom.plot(x, [100 * a for a in s["retrained"]], marker="o", ms=4, color=color)
         zoom.axhline(100 * s["dense"], color=color, lw=0.8, ls=":")
     ax.set_title("dashed: pruned, before retraining; solid: after retraining")
@@ -97,14 +102,14 @@ def accuracy_vs(path, series, key, xlabel, *, log=False):
     for i, (name, s) in enumerate(series.items()):
         x = s[key] if key != "density" else [100 * d for d in s[key]]
         ax.plot(x, [100 * a for a in s["retrained"]], marker="o", ms=4, color=f"C{i % 10}",
-                label=s["title"] + (f" [{s['count']}]" if key == "mults" else ""))
+                label=_wrap(s["title"] + (f" [{s['count']}]" if key == "mults" else ""), 50))
     if log:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel + (" (%)" if key == "density" else ""))
     ax.set_ylabel("test accuracy after retraining (%)")
     _zoom(ax, [v for s in series.values() for v in s["retrained"]], [s["dense"] for s in series.values()])
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save_figure(fig, path)
     plt.close(fig)
     return path
@@ -126,7 +131,7 @@ def weight_histograms(path, panels):
         ax.stairs(h["dense"], edges, fill=True, alpha=0.35, color="C0", label="dense")
         ax.stairs(h["retrained"], edges, color="C3", lw=1.5,
                   label=f"pruned + retrained ({h['retrained_zeros']:,} zeros not shown)")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(_wrap(title, 70), fontsize=9)
         ax.set_xlabel("|weight| in its domain")
         ax.set_ylabel("entries")
         ax.legend(fontsize=7)

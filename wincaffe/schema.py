@@ -75,6 +75,8 @@ class Field:
                 break
         if not ok:
             raise ConfigError(f"must be {_describe(self.kind)}, got {value!r}", field=path)
+        if isinstance(value, float) and value != value:
+            raise ConfigError("must be a number, got nan", field=path)
         if self.choices is not None:
             match = [c for c in self.choices if (isinstance(c, str) and isinstance(value, str)
                                                  and c.lower() == value.lower()) or c == value]

@@ -9,8 +9,10 @@ study file. Command-line options override the file (:func:`apply_overrides`).
 :func:`cells` expands a study into independent cells (method × rate × repeat),
 each a plain JSON-able dict that carries everything a worker needs (the solver and
 net files' contents, not their paths), keyed by a hash of that dict: the results
-store recognises a finished cell by its key, so changing anything that matters (a
-net file, a rate, the retraining length) makes a new cell.
+store recognises a finished cell by its key. The key is conservative: any change to
+the solver or net file (their whole content and name, even a display interval), a
+rate, the retraining, the test images, the threads or the dense weights makes a new
+cell; the title, the table and the study's name do not.
 """
 import hashlib
 import json
@@ -49,7 +51,8 @@ STUDY = Block(
     retrain_iters=Field(int, None, min=0, doc="retraining iterations per cell"),
     retrain_epochs=Field(float, 1.0, min=0.0, doc="retraining epochs per cell (default one)"),
     dense_iters=Field(int, None, min=1, doc="dense training iterations (default: each solver's max_iter)"),
-    repeats=Field(int, 1, min=1, doc="repeats of each cell with different seeds"),
+    repeats=Field(int, 1, min=1, doc="repeats of each cell: each repeat trains its own dense baseline and "
+                                     "retrains with its own seed (random_seed + 1000·repeat)"),
     test_images=Field(int, None, min=1, doc="test images scored per evaluation (default: the solver's test_iter)"),
     count_batches=Field(int, 2, min=0, doc="TEST batches to measure the sparse multiply counts on"),
     time_batches=Field(int, 5, min=0, doc="TEST batches to time inference on"),
@@ -88,6 +91,10 @@ def load_study(path):
         names.add(method.name)
         if not method.rates:
             raise ConfigError("needs at least one rate", source=path, field=f"methods[{i}].rates")
+        _unique_rates(method.rates, f"methods[{i}].rates", path)
+        if method.retrain_iters is not None and method.retrain_epochs is not None:
+            raise ConfigError("give retrain_iters or retrain_epochs, not both", source=path,
+                              field=f"methods[{i}].retrain_epochs")
         if method.layers and method.skip_first:
             raise ConfigError("give layers or skip_first, not both", source=path, field=f"methods[{i}].skip_first")
         if method.dense_weights is not None and not os.path.isabs(method.dense_weights):
@@ -105,8 +112,22 @@ def load_study(path):
     return study
 
 
+def _unique_rates(rates, field, source=None):
+    seen = set()
+    for r in rates:
+        if r in seen:
+            raise ConfigError(f"the rate {r:g} is given twice", source=source, field=field)
+        seen.add(r)
+
+
 def apply_overrides(study, *, methods=None, rates=None, retrain_iters=None, dense_iters=None, repeats=None):
     """The command line's ``--methods a,b --rates 0.5,0.9 --retrain-iters N --dense-iters N --repeats K``."""
+    if rates is not None:
+        _unique_rates(rates, "--rates")
+    if retrain_iters is not None and retrain_iters < 0:
+        raise ConfigError(f"must be >= 0, got {retrain_iters}", field="--retrain-iters")
+    if dense_iters is not None and dense_iters < 1:
+        raise ConfigError(f"must be >= 1, got {dense_iters}", field="--dense-iters")
     if methods:
         known = [m.name for m in study["methods"]]
         for name in methods:
@@ -147,20 +168,40 @@ def method_files(method):
     return {"solver": solver_raw, "solver_path": method.solver, "net": net_raw, "net_path": net_path}
 
 
-def dense_job(study, method, files):
-    """The dense baseline of a method as a task description, keyed by what it depends on."""
+def dense_job(study, method, files, repeat=0):
+    """The dense baseline of a method's ``repeat`` as a task description, keyed by what
+    it depends on: the solver and net files (content and name), the iterations, the test
+    images it is scored on, the threads, and the repeat (each repeat trains its own
+    baseline, with the solver's random_seed + 1000·repeat)."""
     iters = method.dense_iters or study["dense_iters"]
     job = {"solver": files["solver"], "net": files["net"], "net_name": os.path.basename(files["net_path"]),
            "solver_name": os.path.basename(files["solver_path"]), "iters": iters,
            "test_images": study["test_images"], "threads": study["threads"]}
+    if repeat:
+        job["repeat"] = repeat
     job["key"] = digest(job)
     return job
 
 
-def cells(study, method, files, dense_key):
-    """The cells of one method: [(key, config)] for each rate and repeat."""
+def retrain_length(study, method):
+    """(iters, epochs) of a method's retraining: the method's own setting, else the study's
+    (iterations if it gives them, else epochs)."""
+    if method.retrain_iters is not None:
+        return method.retrain_iters, None
+    if method.retrain_epochs is not None:
+        return None, method.retrain_epochs
+    if study["retrain_iters"] is not None:
+        return study["retrain_iters"], None
+    return None, study["retrain_epochs"]
+
+
+def cells(study, method, files, dense_keys):
+    """The cells of one method: [(key, config)] for each rate and repeat; ``dense_keys``
+    [repeat] names the baseline each repeat prunes."""
     out = []
+    iters, epochs = retrain_length(study, method)
     for repeat in range(study["repeats"]):
+        dense_key = dense_keys[repeat]
         for rate in method.rates:
             config = {
                 "method": method.name, "rate": float(rate), "repeat": repeat,
@@ -171,14 +212,10 @@ def cells(study, method, files, dense_key):
                 # rounds: every rate of the method up to this one, in order, each followed by retraining
                 "round_rates": (sorted(r for r in method.rates if r <= rate) if method.schedule == "rounds"
                                 else None),
-                "retrain_iters": method.retrain_iters if method.retrain_iters is not None else study["retrain_iters"],
-                "retrain_epochs": (method.retrain_epochs if method.retrain_epochs is not None
-                                   else study["retrain_epochs"]),
+                "retrain_iters": iters, "retrain_epochs": epochs,
                 "base_lr": method.base_lr, "test_images": study["test_images"],
                 "count_batches": study["count_batches"], "time_batches": study["time_batches"],
                 "threads": study["threads"],
             }
-            if config["retrain_iters"] is not None:
-                config["retrain_epochs"] = None
             out.append((digest(config), config))
     return out
