@@ -7,6 +7,7 @@ from wincaffe.schema import Block, Field
 
 @register("Dropout")
 class Dropout(Layer):
+    in_place = True
     param_blocks = {"dropout_param": Block(dropout_ratio=Field(float, 0.5, min=0.0, max=0.999))}
     num_bottoms = 1
     num_tops = 1

@@ -7,6 +7,7 @@ from wincaffe.schema import Block, Field
 
 @register("ReLU")
 class ReLU(Layer):
+    in_place = True
     param_blocks = {"relu_param": Block(negative_slope=Field(float, 0.0))}
     num_bottoms = 1
     num_tops = 1

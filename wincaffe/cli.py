@@ -360,12 +360,25 @@ def build_parser():
     return p
 
 
+# Options that must be at least some value: one clear line instead of silent nonsense.
+_MINIMUM = {"threads": 1, "iterations": 1, "max_iter": 0, "batches": 0, "workers": 1, "repeats": 1,
+            "test_iterations": 1, "retrain_iters": 0, "dense_iters": 1, "agp_steps": 1}
+
+
+def _check_minimums(args):
+    for key, low in _MINIMUM.items():
+        value = getattr(args, key, None)
+        if value is not None and value < low:
+            raise WincaffeError(f"--{key.replace('_', '-')}: must be >= {low}, got {value}")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(logging, args.log_level))
-    _threads(getattr(args, "threads", None))
     try:
+        _check_minimums(args)
+        _threads(getattr(args, "threads", None))
         return args.func(args)
     except WincaffeError as exc:
         print(f"wincaffe: error: {exc}", file=sys.stderr)

@@ -106,6 +106,10 @@ def validate_layer(raw, index, source=None):
     for i, p in enumerate(spec["param"]):
         if p.name is not None:
             raise ConfigError("sharing parameters by name is not supported yet", field=f"param[{i}].name", **ctx)
+    shared = [t for t in spec["top"] if t in spec["bottom"]]
+    if shared and not cls.in_place:
+        raise ConfigError(f"cannot run in place: top '{shared[0]}' is also a bottom (give the top another name)",
+                          field="top", **ctx)
     _check_count(cls.num_bottoms, len(spec["bottom"]), "bottom", ctx)
     _check_count(cls.num_tops, len(spec["top"]), "top", ctx)
     return spec

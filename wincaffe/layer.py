@@ -120,6 +120,7 @@ class Layer:
       num_bottoms / num_tops -- exact count, or (min, max) with max None for any.
       is_loss       -- the first top is a loss (default loss_weight 1).
       has_backward  -- False for layers with no gradient (Data, Accuracy).
+      in_place      -- True if the layer can write its top into its bottom's blob.
 
     Instance attributes set by the base class:
       name, spec (the validated layer mapping), phase (TRAIN/TEST), dtype, rng,
@@ -134,6 +135,7 @@ class Layer:
     num_tops = (0, None)
     is_loss = False
     has_backward = True
+    in_place = False       # may a top be one of the bottoms (Caffe's in-place ReLU, Dropout)?
 
     def __init__(self, spec, *, phase=TRAIN, dtype=np.float32, rng=None):
         self.spec = spec

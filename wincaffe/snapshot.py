@@ -73,8 +73,15 @@ def load_npz(path):
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise SnapshotError(f"{path}: file not found") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise SnapshotError(f"{path}: not a readable .npz snapshot ({exc})") from None
+    except IsADirectoryError:
+        raise SnapshotError(f"{path}: a folder, not a weights file") from None
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise SnapshotError(f"{path}: not a readable .npz snapshot: damaged or truncated ({exc})") from None
+    except ValueError:       # NumPy's "pickled data ... allow_pickle=False" for any other bytes
+        raise SnapshotError(f"{path}: not a wincaffe weights or solver-state file (not an .npz archive of "
+                            "plain arrays)") from None
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read: {exc.strerror or exc}") from None
     for key, value in arrays.items():
         if not isinstance(value, np.ndarray):
             raise SnapshotError(f"{path}: entry '{key}' is not a NumPy array")

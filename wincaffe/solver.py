@@ -211,7 +211,7 @@ class Solver:
         self.snapshot()
         if s.display and self.iter % s.display == 0 and self.losses:
             log.info(f"Iteration {self.iter}, loss = {np.mean(self.losses):.6g}")
-        if s.test_interval and self.iter % s.test_interval == 0:
+        if self.test_net is not None:     # the final weights, whatever test_interval is (as Caffe)
             self.test()
         log.info("Optimization Done.")
         return self.last_test
@@ -241,6 +241,14 @@ class Solver:
         return base + ".npz", base + ".solverstate.npz"
 
     def snapshot(self):
+        """Write the weights and the solver state of this iteration; refuse weights that
+        are not finite (a diverged run), so the last snapshot named is always a good one."""
+        bad = [p.name for p in self.params if not np.isfinite(p.data).all()]
+        if bad:
+            hint = f" The last good snapshot is {self.last_snapshot}." if self.last_snapshot else ""
+            raise TrainingError(f"Iteration {self.iter}: the weights of {', '.join(bad[:3])} are not finite "
+                                f"(NaN or infinite); no snapshot written (lr = {self.learning_rate():.6g}). "
+                                f"Lower base_lr or check the data.{hint}")
         weights_path, state_path = self.snapshot_paths()
         log.info(f"Snapshotting to {weights_path}")
         save_weights(self.net, weights_path)

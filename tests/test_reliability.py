@@ -1,0 +1,85 @@
+"""Bad input, diverging runs and damaged files: one clear line each, and no lost work."""
+import os
+
+import numpy as np
+import pytest
+
+from wincaffe.cli import main
+from wincaffe.config import validate_net
+from wincaffe.errors import ConfigError, SnapshotError, TrainingError
+from wincaffe.snapshot import load_npz
+from wincaffe.solver import Solver
+
+from test_solver import toy  # noqa: F401  (the fixture)
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and not any("Traceback" in line for line in err), err
+    return err[-1]
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["train", "--solver", "S", "--max-iter", "-5"], "wincaffe: error: --max-iter: must be >= 0, got -5"),
+    (["train", "--solver", "S", "--threads", "0"], "wincaffe: error: --threads: must be >= 1, got 0"),
+    (["test", "--model", "M", "--iterations", "0"], "wincaffe: error: --iterations: must be >= 1, got 0"),
+    (["test", "--model", "M", "--iterations", "-3"], "wincaffe: error: --iterations: must be >= 1, got -3"),
+    (["time", "--model", "M", "--iterations", "0"], "wincaffe: error: --iterations: must be >= 1, got 0"),
+])
+def test_nonsense_numbers_are_refused_in_one_line(capsys, argv, words):
+    assert main(argv) == 1
+    assert one_error_line(capsys) == words
+
+
+def test_the_final_line_is_the_test_of_the_final_weights(toy, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """max_iter 30 is not a multiple of test_interval 20: the last test must be at 30."""
+    solver = toy(**{"max_iter: 40": "max_iter: 30"})
+    tested_at = []
+    real_test = Solver.test
+
+    def spy(self, *a, **k):
+        tested_at.append(self.iter)
+        return real_test(self, *a, **k)
+    monkeypatch.setattr(Solver, "test", spy)
+    assert main(["train", "--solver", solver, "--output", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert tested_at == [0, 20, 30]
+    printed = capsys.readouterr().out
+    s = Solver(solver, output_dir=str(tmp_path / "x"), progress=False)
+    from wincaffe.snapshot import load_weights
+    load_weights(s.test_net, str(tmp_path / "o" / "toy_iter_30.npz"))
+    acc = real_test(s)["accuracy"]
+    assert f"accuracy = {acc:.4f}" in printed
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_diverging_run_never_writes_non_finite_snapshots(toy, tmp_path):  # noqa: F811
+    solver = toy(**{"base_lr: 0.05": "base_lr: 1000", "snapshot: 20": "snapshot: 1"})
+    s = Solver(solver, output_dir=str(tmp_path), progress=False)
+    with pytest.raises(TrainingError) as info:
+        s.solve()
+    names = sorted(f for f in os.listdir(tmp_path) if f.endswith(".npz") and "solverstate" not in f)
+    for name in names:
+        arrays = load_npz(str(tmp_path / name))
+        assert all(np.isfinite(v).all() for k, v in arrays.items() if k.startswith("param/")), name
+    if s.last_snapshot:
+        assert os.path.basename(s.last_snapshot) in names and s.last_snapshot in str(info.value)
+
+
+def test_damaged_weights_files_say_what_they_are_not(toy, tmp_path):  # noqa: F811
+    (tmp_path / "random.npz").write_bytes(os.urandom(2000))
+    with pytest.raises(SnapshotError, match=r"random.npz: not a wincaffe weights or solver-state file"):
+        load_npz(str(tmp_path / "random.npz"))
+    os.mkdir(tmp_path / "folder.npz")
+    with pytest.raises(SnapshotError, match=r"a folder, not a weights file"):
+        load_npz(str(tmp_path / "folder.npz"))
+
+
+def test_layers_that_cannot_run_in_place_say_so_at_validation():
+    with pytest.raises(ConfigError, match=r"layer 'conv' \(Convolution\): top: cannot run in place: top 'x'"):
+        validate_net({"name": "n", "layer": [
+            {"name": "x", "type": "Input", "top": "x", "input_param": {"shape": [1, 1, 5, 5]}},
+            {"name": "conv", "type": "Convolution", "bottom": "x", "top": "x",
+             "convolution_param": {"num_output": 1, "kernel_size": 3}}]})
+    validate_net({"name": "n", "layer": [                    # ReLU may
+        {"name": "x", "type": "Input", "top": "x", "input_param": {"shape": [1, 1, 5, 5]}},
+        {"name": "relu", "type": "ReLU", "bottom": "x", "top": "x"}]})
