@@ -83,3 +83,40 @@ def test_layers_that_cannot_run_in_place_say_so_at_validation():
     validate_net({"name": "n", "layer": [                    # ReLU may
         {"name": "x", "type": "Input", "top": "x", "input_param": {"shape": [1, 1, 5, 5]}},
         {"name": "relu", "type": "ReLU", "bottom": "x", "top": "x"}]})
+
+
+@pytest.mark.parametrize("where", ["a_file", "a_file/below"])
+def test_an_unwritable_output_is_refused_before_the_first_iteration(toy, tmp_path, capsys, where):  # noqa: F811
+    (tmp_path / "a_file").write_text("not a folder")
+    solver = toy()
+    assert main(["train", "--solver", solver, "--output", str(tmp_path / where), "--no-progress"]) == 1
+    line = one_error_line(capsys)
+    assert line.startswith(f"wincaffe: error: --output: cannot write to {tmp_path / where}")
+    assert "Iteration 0" not in capsys.readouterr().err
+
+
+def test_a_full_disk_keeps_the_last_complete_pair(toy, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """The disk fills at the second snapshot, while writing the solver state: the weights
+    of that iteration must not land alone, the first pair stays, and it resumes."""
+    import errno
+    from wincaffe import snapshot
+    solver = toy()
+    real = snapshot._write_temp
+    calls = []
+
+    def full_disk(path, write, binary=True):
+        calls.append(path)
+        if "iter_40.solverstate" in path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, write, binary)
+    monkeypatch.setattr(snapshot, "_write_temp", full_disk)
+    out = tmp_path / "o"
+    assert main(["train", "--solver", solver, "--output", str(out), "--no-progress"]) == 1
+    line = one_error_line(capsys)
+    assert "cannot write" in line and "toy_iter_40.solverstate.npz: No space left on device" in line
+    files = sorted(os.listdir(out))
+    assert files == ["toy_iter_20.npz", "toy_iter_20.solverstate.npz"]      # no half pair, no temp files
+    monkeypatch.setattr(snapshot, "_write_temp", real)
+    assert main(["train", "--solver", solver, "--output", str(out), "--snapshot",
+                 str(out / "toy_iter_20.solverstate.npz"), "--no-progress"]) == 0
+    assert "toy_iter_40.npz" in os.listdir(out)

@@ -33,7 +33,8 @@ from wincaffe.log import get_logger
 from wincaffe.lr_policy import learning_rate
 from wincaffe.net import Net
 from wincaffe.schema import Params
-from wincaffe.snapshot import load_npz, load_weights, save_npz, save_weights
+from wincaffe.snapshot import (ensure_writable_dir, load_npz, load_weights, save_npz_pair,
+                               weights_arrays)
 
 log = get_logger("solver")
 
@@ -193,6 +194,7 @@ class Solver:
 
     def solve(self, resume_from=None):
         """Train to ``max_iter``; snapshot and test at the end. Returns the last test outputs."""
+        ensure_writable_dir(self.output_dir)    # before the first iteration, not at the first snapshot
         if resume_from:
             self.restore(resume_from)
         s = self.spec
@@ -251,7 +253,6 @@ class Solver:
                                 f"Lower base_lr or check the data.{hint}")
         weights_path, state_path = self.snapshot_paths()
         log.info(f"Snapshotting to {weights_path}")
-        save_weights(self.net, weights_path)
         state = {"iter": np.array(self.iter), "weights": np.array(os.path.basename(weights_path)),
                  "solver_type": np.array(self.spec.type)}
         for (key, _), h in zip(self.net.named_params(), self.history):
@@ -267,7 +268,7 @@ class Solver:
                 for name, arr in layer.get_state().items():
                     state[f"layer/{tag}/{layer.name}/{name}"] = arr
         log.info(f"Snapshotting solver state to {state_path}")
-        save_npz(state_path, state)
+        save_npz_pair((weights_path, weights_arrays(self.net)), (state_path, state))   # both or neither
         self.last_snapshot = weights_path
         return weights_path, state_path
 
