@@ -122,6 +122,13 @@ class Data(Layer):
                 "rng": np.array(json.dumps(self.own_rng.bit_generator.state))}
 
     def set_state(self, state):
-        self.cursor = int(state["cursor"])
-        self.order = np.asarray(state["order"], np.int64)
-        self.own_rng.bit_generator.state = json.loads(str(state["rng"]))
+        n = len(self.labels)
+        order = np.asarray(state["order"])
+        if order.dtype.kind not in "iu" or order.shape != (n,) or not np.array_equal(np.sort(order), np.arange(n)):
+            raise ValueError(f"'order' is not an order of this data set's {n} samples")
+        cursor = state["cursor"]
+        if np.shape(cursor) != () or np.asarray(cursor).dtype.kind not in "iu" or not 0 <= int(cursor) <= n:
+            raise ValueError(f"'cursor' must be an integer in [0, {n}], got {cursor!r}")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = json.loads(str(state["rng"]))      # ValueError if broken
+        self.cursor, self.order, self.own_rng = int(cursor), order.astype(np.int64), rng

@@ -1,5 +1,6 @@
 """Bad input, diverging runs and damaged files: one clear line each, and no lost work."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -120,3 +121,33 @@ def test_a_full_disk_keeps_the_last_complete_pair(toy, tmp_path, capsys, monkeyp
     assert main(["train", "--solver", solver, "--output", str(out), "--snapshot",
                  str(out / "toy_iter_20.solverstate.npz"), "--no-progress"]) == 0
     assert "toy_iter_40.npz" in os.listdir(out)
+
+
+@pytest.mark.parametrize("damage,words", [
+    (lambda a: a.update(iter=np.array(2.5)), "entry 'iter' must be an integer >= 0"),
+    (lambda a: a.update(iter=np.array("ten")), "entry 'iter' must be an integer >= 0"),
+    (lambda a: a.update(weights=np.array("../elsewhere.npz")), "entry 'weights' must name a file beside it"),
+    (lambda a: a.update({"rng/train": np.array("{not json")}), "entry 'rng/train' is not a generator state"),
+    (lambda a: a.update({"layer/train/data/rng": np.array("[1, 2]")}), "entries 'layer/train/data/*' do not fit"),
+    (lambda a: a.update({"layer/train/data/order": np.arange(7)}), "'order' is not an order of this data set"),
+])
+def test_damaged_solver_states_name_the_entry(toy, tmp_path, damage, words):  # noqa: F811
+    from wincaffe.snapshot import save_npz
+    solver = toy()
+    Solver(solver, output_dir=str(tmp_path), progress=False, max_iter=20).solve()
+    arrays = load_npz(str(tmp_path / "toy_iter_20.solverstate.npz"))
+    damage(arrays)
+    save_npz(str(tmp_path / "bad.solverstate.npz"), arrays)
+    s = Solver(solver, output_dir=str(tmp_path / "r"), progress=False)
+    with pytest.raises(SnapshotError, match=re.escape(words)):
+        s.restore(str(tmp_path / "bad.solverstate.npz"))
+
+
+def test_a_state_of_a_smaller_data_set_is_refused(toy, tmp_path):  # noqa: F811
+    small = toy(**{"split: train, batch_size: 8}": "split: train, batch_size: 8, num_samples: 30}"})
+    Solver(small, output_dir=str(tmp_path), progress=False, max_iter=20).solve()
+    full = toy()
+    s = Solver(full, output_dir=str(tmp_path / "r"), progress=False)
+    with pytest.raises(SnapshotError, match=r"do not fit layer 'data' of this net: 'order' is not an order of "
+                                            r"this data set's 60 samples"):
+        s.restore(str(tmp_path / "toy_iter_20.solverstate.npz"))

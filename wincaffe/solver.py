@@ -283,25 +283,40 @@ class Solver:
         if saved_type != self.spec.type:
             raise SnapshotError(f"{state_path}: written by a {saved_type} solver, cannot resume a "
                                 f"{self.spec.type} solver from it (use --weights to start from its weights)")
-        weights_path = os.path.join(os.path.dirname(os.path.abspath(state_path)), str(state["weights"]))
+        it = state["iter"]
+        if it.shape != () or it.dtype.kind not in "iu" or int(it) < 0:
+            raise SnapshotError(f"{state_path}: entry 'iter' must be an integer >= 0, got {it!r}")
+        name = state["weights"]
+        if name.dtype.kind != "U" or name.shape != () or os.path.basename(str(name)) != str(name):
+            raise SnapshotError(f"{state_path}: entry 'weights' must name a file beside it, got {name!r}")
+        weights_path = os.path.join(os.path.dirname(os.path.abspath(state_path)), str(name))
         log.info(f"Restoring previous solver status from {state_path}")
         load_weights(self.net, weights_path, strict=True)
         slots = [self.history] + ([self.history2] if self.history2 is not None else [])
         for slot, histories in enumerate(slots):
             for (key, _), h in zip(self.net.named_params(), histories):
                 src = state.get(f"history/{slot}/{key}")
-                if src is None or src.shape != h.shape:
-                    raise SnapshotError(f"{state_path}: no solver history for param {key} (shape {h.shape})")
+                if src is None or src.shape != h.shape or src.dtype.kind not in "iuf":
+                    raise SnapshotError(f"{state_path}: no solver history for param {key} (numbers of shape "
+                                        f"{h.shape}): a state of another net?")
                 h[...] = src
         for tag, net in (("train", self.net), ("test", self.test_net)):
             if net is None:
                 continue
-            if f"rng/{tag}" in state:
-                net.rng.bit_generator.state = json.loads(str(state[f"rng/{tag}"]))
+            key = f"rng/{tag}"
+            if key in state:
+                try:
+                    net.rng.bit_generator.state = json.loads(str(state[key]))
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise SnapshotError(f"{state_path}: entry '{key}' is not a generator state ({exc})") from None
             for layer in net.layers:
                 prefix = f"layer/{tag}/{layer.name}/"
                 ls = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
                 if ls:
-                    layer.set_state(ls)
+                    try:
+                        layer.set_state(ls)
+                    except (ValueError, TypeError, KeyError, IndexError) as exc:
+                        raise SnapshotError(f"{state_path}: entries '{prefix}*' do not fit layer '{layer.name}' "
+                                            f"of this net: {exc}") from None
         self.iter = int(state["iter"])
         self.last_snapshot = weights_path
