@@ -55,8 +55,8 @@ def main(argv=None):
             ("Winograd F(2,3), dense weights (b): winograd", b["winograd"], THEIRS["winograd"], b["transforms"]),
             ("(c) pruned in the Winograd domain + Winograd-ReLU: winograd_sparse",
              cp["total"]["winograd_sparse"], THEIRS["winograd_pruned"], cp["total"]["transforms"])]
-    print(f"| multiplies per image (LeNet-5-3x3, MNIST) | ours | reduction | Liu et al. (VGG-nagadomi) | "
-          f"their reduction | transforms (apart) |")
+    print("| multiplies per image (LeNet-5-3x3, MNIST) | ours | reduction | Liu et al. (VGG-nagadomi) | "
+          "their reduction | transforms (apart) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for label, ours, theirs, transforms in rows:
         print(f"| {label} | {ours:,} | {dense / ours:.1f}x | {theirs:.1e} | {THEIRS['dense'] / theirs:.1f}x | "

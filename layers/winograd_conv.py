@@ -74,25 +74,6 @@ WEIGHTS = ("spatial", "spatial_masked", "winograd")
 FUSED_MAX_C = 2
 GRADIENTS = ("raw", "preconditioned")
 
-# Scratch buffers shared by all WinogradConv layers (only one layer runs at a time):
-# keyed by (tag, shape, dtype). V is not here: each layer keeps its own for backward.
-_WORKSPACES = {}
-
-
-def _workspace(tag, shape, dtype):
-    key = (tag, tuple(shape), np.dtype(dtype))
-    buf = _WORKSPACES.get(key)
-    if buf is None:   # NaN at creation: a kernel that fails to write its output shows up
-        fill = np.nan if np.issubdtype(dtype, np.floating) else 0
-        buf = _WORKSPACES[key] = np.full(shape, fill, dtype)
-    return buf
-
-
-def clear_workspaces():
-    """Free the shared scratch buffers (they are re-created on demand)."""
-    _WORKSPACES.clear()
-
-
 @register("WinogradConv")
 class WinogradConv(Layer):
     prune_by_default = True
@@ -276,7 +257,7 @@ class WinogradConv(Layer):
         if self.V.shape[1] <= FUSED_MAX_C:                                        # Y = Aᵀ (U ⊙ V) A + b
             product_transform_scatter(U, self.V, self._A, self.m, 0, self.th, self.tw, tops[0].data, bias)
             return
-        M = _workspace("M", (a * a, K, self.NT), self.dtype)
+        M = self.workspace("M", (a * a, K, self.NT), self.dtype)
         batched_matmul(U, self.V, M)
         transform_scatter(M, self._A, self.m, 0, self.th, self.tw, tops[0].data, bias)
 
@@ -284,13 +265,13 @@ class WinogradConv(Layer):
         a = self.alpha
         K, C = self.params[0].shape[:2]
         dy = np.ascontiguousarray(tops[0].diff, dtype=self.dtype)
-        dU = _workspace("dU", (a * a, K, C), self.dtype)
+        dU = self.workspace("dU", (a * a, K, C), self.dtype)
         fused = C <= FUSED_MAX_C
         if fused:                                  # dU = dM Vᵀ [and dV = Uᵀ dM], dM = A dY Aᵀ per item
-            dV = _workspace("dV", (a * a, C, self.NT), self.dtype) if propagate_down[0] else None
+            dV = self.workspace("dV", (a * a, C, self.NT), self.dtype) if propagate_down[0] else None
             gather_transform_grads(dy, self._A, self.m, 0, self.th, self.tw, self.V, self._U, dU, dV)
         else:
-            dM = _workspace("M", (a * a, K, self.NT), self.dtype)
+            dM = self.workspace("M", (a * a, K, self.NT), self.dtype)
             gather_transform(dy, self._A, self.m, 0, self.th, self.tw, dM)      # dM = A dY Aᵀ
             batched_matmul(dM, self.V, dU, trans_b=True)                          # dU = dM Vᵀ
         dU2 = dU.reshape(a * a, K * C)                                           # dL/dU, (α², K·C)
@@ -305,10 +286,10 @@ class WinogradConv(Layer):
             self.params[1].diff[...] = dy.sum(axis=(0, 2, 3))
         if propagate_down[0]:
             if not fused:
-                dV = _workspace("dV", (a * a, C, self.NT), self.dtype)
+                dV = self.workspace("dV", (a * a, C, self.NT), self.dtype)
                 batched_matmul(self._U, dM, dV, trans_a=True)                     # dV = Uᵀ dM
             if self.winograd_relu:                                                # ReLU(V)'s gradient
-                pos = _workspace("pos", self.V.shape, np.bool_)
+                pos = self.workspace("pos", self.V.shape, np.bool_)
                 np.greater(self.V, 0, out=pos)
                 np.multiply(dV, pos, out=dV)
             transform_scatter(dV, self._BT, self.m, self.pad, self.th, self.tw, bottoms[0].diff)

@@ -100,9 +100,9 @@ def test_a_full_disk_keeps_the_last_complete_pair(toy, tmp_path, capsys, monkeyp
     """The disk fills at the second snapshot, while writing the solver state: the weights
     of that iteration must not land alone, the first pair stays, and it resumes."""
     import errno
-    from wincaffe import snapshot
+    from wincaffe import fileio
     solver = toy()
-    real = snapshot._write_temp
+    real = fileio._write_temp
     calls = []
 
     def full_disk(path, write, binary=True):
@@ -110,14 +110,14 @@ def test_a_full_disk_keeps_the_last_complete_pair(toy, tmp_path, capsys, monkeyp
         if "iter_40.solverstate" in path:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, write, binary)
-    monkeypatch.setattr(snapshot, "_write_temp", full_disk)
+    monkeypatch.setattr(fileio, "_write_temp", full_disk)
     out = tmp_path / "o"
     assert main(["train", "--solver", solver, "--output", str(out), "--no-progress"]) == 1
     line = one_error_line(capsys)
     assert "cannot write" in line and "toy_iter_40.solverstate.npz: No space left on device" in line
     files = sorted(os.listdir(out))
     assert files == ["toy_iter_20.npz", "toy_iter_20.solverstate.npz"]      # no half pair, no temp files
-    monkeypatch.setattr(snapshot, "_write_temp", real)
+    monkeypatch.setattr(fileio, "_write_temp", real)
     assert main(["train", "--solver", solver, "--output", str(out), "--snapshot",
                  str(out / "toy_iter_20.solverstate.npz"), "--no-progress"]) == 0
     assert "toy_iter_40.npz" in os.listdir(out)

@@ -305,8 +305,8 @@ def test_fused_small_channel_path_matches_gemm_path(C, propagate, monkeypatch):
     results = []
     for fused_max_c in (wc.FUSED_MAX_C, 0):        # fused, then the GEMM path
         monkeypatch.setattr(wc, "FUSED_MAX_C", fused_max_c)
-        wc.clear_workspaces()                      # fresh (NaN) buffers: each path writes its own
         layer, bottoms, tops = wconv((5, C, 17, 14), 7, 5, tile=4, weights="winograd", dtype=np.float32)
+        assert not layer.workspaces                # fresh (NaN) buffers: each path writes its own
         bottoms[0].data[...] = np.random.default_rng(1).standard_normal(bottoms[0].shape)
         layer.forward(bottoms, tops)
         tops[0].diff[...] = rng.standard_normal(tops[0].shape) if not results else results[0][3]

@@ -105,7 +105,7 @@ def _names(text):
 
 def cmd_prune(args):
     from wincaffe.prune_job import DEFAULT_SENSITIVITY_RATES, PruneJob, parse_rates
-    from wincaffe.snapshot import ensure_writable_dir
+    from wincaffe.fileio import ensure_writable_dir
     ensure_writable_dir(args.output)
     rates = parse_rates(args.rates) if args.rates is not None else None
     layers = None if args.layers is None else (_names(args.layers) or [])
@@ -187,7 +187,7 @@ def cmd_mults(args):
 
 def cmd_compare(args):
     from wincaffe import compare, study
-    from wincaffe.snapshot import ensure_writable_dir
+    from wincaffe.fileio import ensure_writable_dir
     from wincaffe.executors import make_executor
     from wincaffe.prune_job import parse_rates
     s = study.load_study(args.config)

@@ -95,7 +95,7 @@ def run_cell(config, dense):
 
 
 def _run_cell(config, dense):
-    from wincaffe import counting, pruning
+    from wincaffe import counting
     from wincaffe.prune_job import PruneJob
     _worker_setup(config["threads"])
     spec = _solver_spec(config)

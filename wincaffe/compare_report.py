@@ -6,7 +6,7 @@ import numpy as np
 
 from wincaffe.counting import COUNTS
 from wincaffe.report import write_csv, write_json
-from wincaffe.snapshot import save_text
+from wincaffe.fileio import save_text
 
 # Published figures, for the tables' "theirs" columns.
 LIU_TURAKHIA_TABLE2 = {0.25: (0.00, 0.00), 0.50: (0.21, 0.00), 0.75: (1.19, 0.18), 1.00: (89.93, 89.93)}

@@ -145,6 +145,7 @@ class Layer:
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.params = []
         self.buffers = {}
+        self.workspaces = {}    # scratch arrays; a Net replaces this with one dict shared by its layers
 
     # ----- helpers for subclasses -------------------------------------------------
     def error(self, message, field=None):
@@ -160,6 +161,17 @@ class Layer:
                   lr_mult=m.get("lr_mult", 1.0), decay_mult=m.get("decay_mult", 1.0))
         self.params.append(p)
         return p
+
+    def workspace(self, tag, shape, dtype):
+        """A scratch array of ``shape`` and ``dtype`` from the net's pool (``self.workspaces``,
+        shared by the layers of one net, which run one at a time; freed with the net).
+        Floating-point scratch starts as NaN, so a kernel that fails to write shows up."""
+        key = (tag, tuple(int(s) for s in shape), np.dtype(dtype))
+        buf = self.workspaces.get(key)
+        if buf is None:
+            fill = np.nan if np.issubdtype(dtype, np.floating) else 0
+            buf = self.workspaces[key] = np.full(shape, fill, dtype)
+        return buf
 
     def add_buffer(self, name, array):
         """Register a non-learnable model array (e.g. a transform-domain pruning mask).

@@ -108,12 +108,14 @@ class Net:
         specs = _insert_splits(specs)
         self.layers, self.blobs = [], {}
         self.bottom_vecs, self.top_vecs = [], []
+        self.workspaces = {}     # scratch arrays shared by this net's layers (Layer.workspace)
         for s in specs:
             cls = _Split if s.type == "Split" else layer_class(s.type)
             try:
                 layer = cls(s, phase=phase, dtype=self.dtype, rng=self.rng)
             except ConfigError as exc:
                 raise exc.located(source=self.source, layer=s.name, layer_type=s.type) from None
+            layer.workspaces = self.workspaces
             bottoms = [self.blobs[b] for b in s.bottom]
             tops = []
             for t in s.top:

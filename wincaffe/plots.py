@@ -7,7 +7,7 @@ import io
 import textwrap
 import warnings
 
-from wincaffe.snapshot import atomic_write
+from wincaffe.fileio import atomic_write
 
 
 def _pyplot():

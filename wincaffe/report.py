@@ -8,7 +8,7 @@ import csv
 import io
 import json
 
-from wincaffe.snapshot import save_text
+from wincaffe.fileio import save_text
 
 
 class Column:

@@ -11,73 +11,12 @@ the weights depend on, such as an FFT size: ``Layer.model_constants``; a file
 whose constants differ from the net's is refused). Solver-state keys: ``iter``, ``history/<k>/<layer>/<i>``,
 ``rng/<net>``, ``layer/<net>/<layer>/<name>``, ``weights`` (the weights file).
 """
-import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from wincaffe.errors import ConfigError, SnapshotError
-
-
-def _write_temp(path, write, binary=True):
-    """Write ``path``'s future content through ``write(file)`` into a fsynced temp file
-    beside it (an ordinary file's permissions); returns the temp path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a snapshot is an ordinary file
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def atomic_write_all(items, *, binary=True):
-    """Create several files, all or none: ``items`` [(path, write)]. Every file is
-    written to a temp file first; only when all are complete are they renamed into
-    place (``os.replace``, atomic per file), so a full disk or a crash while writing
-    leaves the earlier versions, never a new file without its partner. An OSError
-    becomes one SnapshotError naming the path."""
-    temps = []
-    try:
-        for path, write in items:
-            try:
-                temps.append((_write_temp(path, write, binary), path))
-            except OSError as exc:
-                raise SnapshotError(f"cannot write {path}: {exc.strerror or exc}") from None
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def atomic_write(path, write, *, binary=True):
-    """Create ``path`` through ``write(file)`` atomically: a temp file in the same
-    folder, fsync, then ``os.replace``; on any failure nothing is left behind."""
-    atomic_write_all([(path, write)], binary=binary)
-
-
-def ensure_writable_dir(folder, option="--output"):
-    """Create ``folder`` if needed and prove it writable now, before any long work;
-    else one SnapshotError naming ``option`` and the folder."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tmp-write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise SnapshotError(f"{option}: cannot write to {folder}: {exc.strerror or exc}") from None
+from wincaffe.fileio import atomic_write, atomic_write_all
 
 
 def save_npz(path, arrays):
@@ -88,11 +27,6 @@ def save_npz(path, arrays):
 def save_npz_pair(first, second):
     """Write two ``(path, arrays)`` files as a pair: both land, or neither does."""
     atomic_write_all([(p, (lambda a: lambda fh: np.savez(fh, **a))(arrays)) for p, arrays in (first, second)])
-
-
-def save_text(path, text):
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write(path, lambda fh: fh.write(text), binary=False)
 
 
 def load_npz(path):

@@ -33,8 +33,8 @@ from wincaffe.log import get_logger
 from wincaffe.lr_policy import learning_rate
 from wincaffe.net import Net
 from wincaffe.schema import Params
-from wincaffe.snapshot import (ensure_writable_dir, load_npz, load_weights, save_npz_pair,
-                               weights_arrays)
+from wincaffe.fileio import ensure_writable_dir
+from wincaffe.snapshot import load_npz, load_weights, save_npz_pair, weights_arrays
 
 log = get_logger("solver")
 

@@ -1,32 +1,27 @@
 """The on-disk data cache: where it lives, and how files get into it safely.
 
 Files enter the cache only through :func:`write_verified`: the bytes go to a
-hidden temp file in the destination folder (name carries the pid, so two
-processes fetching at once never share one), are checked, and are then moved
-into place with :func:`os.replace` (atomic on one file system).  A reader
+hidden temp file in the destination folder (a unique name, so two processes
+fetching at once never share one), are checked, and are then moved into place
+with :func:`os.replace` (atomic on one file system; :mod:`wincaffe.fileio`).  A reader
 therefore sees either no file or a whole one, never a half-written one.
 """
 import hashlib
-import os
-import time
 from pathlib import Path
 
-from wincaffe.errors import DataError
+from wincaffe import fileio
+from wincaffe.errors import DataError, SnapshotError
 
 _ENV = "WINCAFFE_DATA"
-_TMP_MARK = ".tmp-"
-_STALE_SECONDS = 3600
 
 # (path, size, mtime_ns) -> md5 hex, for files already hashed by this process.
 _md5_memo = {}
 
 
 def data_dir():
-    """The cache folder: ``$WINCAFFE_DATA`` if set, else ``~/.cache/wincaffe``."""
-    env = os.environ.get(_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "wincaffe"
+    """The cache folder: ``$WINCAFFE_DATA`` if set, else ``~/.cache/wincaffe`` (a
+    DataError if that path is a file); see :func:`wincaffe.fileio.cache_dir`."""
+    return Path(fileio.cache_dir())
 
 
 def md5_bytes(data):
@@ -63,7 +58,9 @@ def write_verified(path, data, md5=None, what=None):
     """Atomically write ``data`` (bytes) to ``path``, checking its MD5 first.
 
     With ``md5`` given, a mismatch raises :class:`DataError` and nothing is
-    written. ``what`` names the origin of the bytes in error messages.
+    written; the written temp file is checked again before it is renamed into
+    place (:func:`wincaffe.fileio.atomic_write`). ``what`` names the origin of the
+    bytes in error messages.
     """
     path = Path(path)
     if md5 is not None:
@@ -71,35 +68,17 @@ def write_verified(path, data, md5=None, what=None):
         if got != md5:
             raise DataError(f"{path.name}{f' (from {what})' if what else ''}: MD5 mismatch: "
                             f"expected {md5}, got {got} ({len(data)} bytes); not written to {path.parent}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def check(tmp, _):
         if md5 is not None and md5_file(tmp) != md5:
             raise DataError(f"{tmp}: MD5 changed while writing (disk full or failing?)")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise DataError(f"{path}: cannot write: {e}") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    try:
+        fileio.atomic_write(str(path), lambda fh: fh.write(data), check=check)
+    except SnapshotError as e:
+        raise DataError(f"{path}: {e}") from None
     return path
 
 
-def remove_stale_temps(folder, max_age=_STALE_SECONDS):
+def remove_stale_temps(folder, max_age=fileio.STALE_SECONDS):
     """Delete temp files in ``folder`` left over by crashed writers (older than ``max_age`` s)."""
-    now = time.time()
-    try:
-        entries = list(Path(folder).iterdir())
-    except FileNotFoundError:
-        return
-    for p in entries:
-        if p.name.startswith(".") and _TMP_MARK in p.name:
-            try:
-                if now - p.stat().st_mtime > max_age:
-                    p.unlink()
-            except OSError:
-                pass
+    fileio.remove_stale_temps(folder, max_age)

@@ -52,7 +52,6 @@ Measured (benchmarks/bench_fft.py, LeNet conv2 spectra, one thread): FFTW with
 plans ≈ 2× scipy.fft, and numpy.fft ≈ 5–7× slower than scipy.fft.
 """
 import os
-import tempfile
 import threading
 import warnings
 
@@ -224,32 +223,9 @@ def irfft2_small(Z, fshape, kshape, conjugate=False):
 
 # ----- the cache folder and FFTW wisdom -----------------------------------------------------
 
-def cache_dir():
-    """``$WINCAFFE_DATA`` if set, else ``~/.cache/wincaffe`` (created on demand by writers)."""
-    return os.environ.get("WINCAFFE_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "wincaffe")
-
-
 def wisdom_path():
+    from wincaffe.fileio import cache_dir
     return os.path.join(cache_dir(), _WISDOM_NAME)
-
-
-def _write_atomic(path, payload):
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".fftw_wisdom.", dir=folder)
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # ----- plans -----------------------------------------------------------------------------------
@@ -512,9 +488,12 @@ class PyFFTWBackend(Backend):
         wisdom, path = tuple(self.pyfftw.export_wisdom()), wisdom_path()
         if (path, wisdom) == cls._wisdom_saved:
             return False
+        from wincaffe.errors import WincaffeError
+        from wincaffe.fileio import atomic_write
+        payload = b"\0".join(wisdom)
         try:
-            _write_atomic(path, b"\0".join(wisdom))
-        except OSError as exc:
+            atomic_write(path, lambda fh: fh.write(payload))
+        except (OSError, WincaffeError) as exc:
             warnings.warn(f"could not save FFTW wisdom to {path}: {exc}", RuntimeWarning, stacklevel=2)
             return False
         cls._wisdom_saved = (path, wisdom)
