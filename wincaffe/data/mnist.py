@@ -183,6 +183,15 @@ def fetch_mnist(progress=True, force=False):
     names = _missing(folder, force)
     if not names:
         return str(folder)
+    failed = [n for n in names if (folder / n).exists()]   # present, but not the published bytes
+    for n in failed:                                      # never keep a file that failed its check
+        try:
+            (folder / n).unlink()
+        except OSError as e:
+            raise DataError(f"{folder / n}: failed its MD5 check and cannot be removed: {e}") from e
+    if failed:
+        print(f"wincaffe: {', '.join(failed)} in {folder} failed the MD5 check (removed); fetching again",
+              file=sys.stderr)
     if progress:
         print(f"wincaffe: fetching MNIST into {folder}", file=sys.stderr)
     errors = []
@@ -190,13 +199,16 @@ def fetch_mnist(progress=True, force=False):
         try:
             names = source(folder, names, progress)
         except DataError as e:
-            errors.append(str(e))
+            errors.append(str(e).splitlines()[0])
         if not names:
             break
     names = _missing(folder, False)
     if names:
-        detail = "\n  ".join(errors) or "no source delivered them"
-        raise DataError(f"could not fetch MNIST file(s) {', '.join(names)} into {folder}:\n  {detail}")
+        first = (f"the cached {', '.join(failed)} failed the MD5 check and "
+                 f"{'was' if len(failed) == 1 else 'were'} removed; " if failed else "")
+        detail = "; ".join(errors) or "no source delivered them"
+        raise DataError(f"MNIST in {folder}: {first}no source could deliver verified {', '.join(names)} "
+                        f"({detail})")
     return str(folder)
 
 
