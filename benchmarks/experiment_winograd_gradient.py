@@ -10,37 +10,19 @@ the same initialisation and batches, and prints the test accuracy on the first
     python benchmarks/experiment_winograd_gradient.py
 """
 import argparse
-import copy
 import logging
 import os
 import sys
-
-import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(gradient, lr, iters, test_images, seed=1):
     """Test accuracy after ``iters`` iterations, or None if the loss diverged."""
-    from wincaffe.config import load_solver_spec, validate_net
-    from wincaffe.errors import TrainingError
-    from wincaffe.solver import Solver
-    net = yaml.safe_load(open(os.path.join(ROOT, "nets", "lenet5_winograd.yaml")))
-    net = copy.deepcopy(net)
-    for layer in net["layer"]:
-        if layer["type"] == "WinogradConv":
-            layer["winograd_param"]["gradient"] = gradient
-        if layer["type"] == "Data" and layer["include"]["phase"] == "TEST":
-            layer["data_param"]["num_samples"] = test_images
-    spec = load_solver_spec(os.path.join(ROOT, "nets", "lenet5_winograd_solver.yaml"))
-    spec.update(net=validate_net(net), max_iter=iters, base_lr=lr, test_iter=test_images // 100,
-                test_interval=0, display=0, snapshot=0, random_seed=seed)
-    solver = Solver(spec, progress=False)
-    try:
-        solver.step(iters)
-    except TrainingError:
-        return None
-    return solver.test()["accuracy"]
+    from wincaffe.gradient_experiment import train_with_gradient
+    return train_with_gradient(os.path.join(ROOT, "nets", "lenet5_winograd.yaml"),
+                               os.path.join(ROOT, "nets", "lenet5_winograd_solver.yaml"),
+                               gradient, lr, iters, test_images, seed)
 
 
 def main(argv=None):

@@ -151,3 +151,48 @@ def test_a_state_of_a_smaller_data_set_is_refused(toy, tmp_path):  # noqa: F811
     with pytest.raises(SnapshotError, match=r"do not fit layer 'data' of this net: 'order' is not an order of "
                                             r"this data set's 60 samples"):
         s.restore(str(tmp_path / "toy_iter_20.solverstate.npz"))
+
+
+def test_two_nets_do_not_share_winograd_scratch_and_it_goes_with_the_net():
+    import gc
+    import weakref
+    from wincaffe.layer import TRAIN
+    from wincaffe.net import Net
+    spec = validate_net({"name": "w", "layer": [
+        {"name": "x", "type": "Input", "top": "x", "input_param": {"shape": [2, 3, 9, 9], "fill": "gaussian"}},
+        {"name": "conv", "type": "WinogradConv", "bottom": "x", "top": "y",
+         "convolution_param": {"num_output": 4, "kernel_size": 3, "pad": 1}, "winograd_param": {"tile": 2}}]})
+    a, b = Net(spec, TRAIN), Net(spec, TRAIN)
+    a.forward()
+    b.forward()
+    assert a.workspaces and b.workspaces and a.workspaces is not b.workspaces
+    assert a.layer_by_name("conv").workspaces is a.workspaces
+    for key in a.workspaces:
+        assert a.workspaces[key] is not b.workspaces[key]
+    ref = weakref.ref(next(iter(a.workspaces.values())))
+    del a
+    gc.collect()
+    assert ref() is None
+
+
+def test_absurd_sizes_are_config_errors_not_allocations():
+    from wincaffe.layer import TRAIN
+    from wincaffe.net import Net
+    for num_output in (10 ** 12, -3):
+        with pytest.raises(ConfigError):
+            Net(validate_net({"name": "n", "layer": [
+                {"name": "x", "type": "Input", "top": "x", "input_param": {"shape": [1, 100000, 3, 3]}},
+                {"name": "ip", "type": "InnerProduct", "bottom": "x", "top": "y",
+                 "inner_product_param": {"num_output": num_output}}]}), TRAIN)
+
+
+@pytest.mark.parametrize("edit,words", [
+    ({"lr_policy": "exp", "gamma": 10.0}, "lr_policy exp gives the learning rate inf"),
+    ({"lr_policy": "inv", "gamma": -1.0, "power": 0.75}, "lr_policy inv gives the learning rate"),
+])
+def test_learning_rate_policies_that_leave_the_reals_are_training_errors(edit, words):
+    from wincaffe.config import validate_solver
+    from wincaffe.lr_policy import learning_rate
+    spec = validate_solver(dict({"net": "n.yaml", "base_lr": 0.01, "max_iter": 1000}, **edit))
+    with pytest.raises(TrainingError, match=re.escape(words)):
+        learning_rate(spec, 999)

@@ -1,13 +1,18 @@
 """The gradient note's claim on real MNIST: Winograd-domain weights trained with the raw gradient
 explode at the learning rate where the preconditioned gradient (eq. 18) trains well."""
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-from experiment_winograd_gradient import run  # noqa: E402
+from wincaffe.gradient_experiment import train_with_gradient
+
+NETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nets")
+
+
+def run(gradient, lr, iters, test_images):
+    return train_with_gradient(os.path.join(NETS, "lenet5_winograd.yaml"),
+                               os.path.join(NETS, "lenet5_winograd_solver.yaml"), gradient, lr, iters, test_images)
 
 
 @pytest.mark.mnist

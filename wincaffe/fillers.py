@@ -15,6 +15,8 @@ def fans(shape):
 
 def fill(params, shape, rng, dtype=np.float32):
     """Return a new array of ``shape`` filled as ``params`` (a filler block) says."""
+    from wincaffe.layer import check_size
+    check_size(shape, "a weight")
     kind = params["type"]
     fan_in, fan_out = fans(shape)
     norm = {"FAN_IN": fan_in, "FAN_OUT": fan_out, "AVERAGE": (fan_in + fan_out) / 2.0}[params["variance_norm"]]

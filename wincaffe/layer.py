@@ -30,6 +30,23 @@ from wincaffe.errors import ConfigError
 TRAIN, TEST = "TRAIN", "TEST"
 
 
+# The largest array a layer may ask for (elements): far beyond any net this framework
+# trains, and a clear ConfigError instead of an allocation that takes the machine down.
+MAX_ELEMENTS = 2 ** 31
+
+
+def check_size(shape, what):
+    """A ConfigError unless ``shape`` has nonnegative sides and at most MAX_ELEMENTS entries."""
+    if any(int(s) < 0 for s in shape):
+        raise ConfigError(f"{what} would have a negative size {tuple(shape)}")
+    n = 1
+    for s in shape:
+        n *= int(s)
+    if n > MAX_ELEMENTS:
+        raise ConfigError(f"{what} would need {n:,} elements {tuple(int(s) for s in shape)} "
+                          f"(more than {MAX_ELEMENTS:,}): check the sizes in the net")
+
+
 class Blob:
     """A named array and its gradient, both shaped like the blob, e.g. (N, C, H, W)."""
 
@@ -48,6 +65,8 @@ class Blob:
         """Give data and diff this shape; keeps the buffers when nothing changes."""
         shape = tuple(int(s) for s in shape)
         dtype = np.dtype(dtype or self.data.dtype)
+        if self.data.shape != shape:
+            check_size(shape, f"blob '{self.name}'")
         if self.data.shape != shape or self.data.dtype != dtype:
             self.data = np.zeros(shape, dtype)
         if self.diff.shape != shape or self.diff.dtype != dtype:

@@ -3,7 +3,21 @@ import math
 
 
 def learning_rate(spec, it):
-    """``spec`` is a validated solver spec; ``it`` the current iteration (0-based)."""
+    """``spec`` is a validated solver spec; ``it`` the current iteration (0-based).
+    A policy whose value is not a finite real number at ``it`` (e.g. ``exp`` with
+    gamma > 1 overflowing, ``inv`` of a negative base) is a TrainingError."""
+    from wincaffe.errors import TrainingError
+    try:
+        lr = _policy(spec, it)
+    except (OverflowError, ZeroDivisionError):
+        lr = float("inf")
+    if isinstance(lr, complex) or not math.isfinite(lr):
+        raise TrainingError(f"Iteration {it}: lr_policy {spec.lr_policy} gives the learning rate {lr} "
+                            f"(check gamma, power, stepsize)")
+    return float(lr)
+
+
+def _policy(spec, it):
     base, policy = spec.base_lr, spec.lr_policy
     if policy == "fixed":
         return base
