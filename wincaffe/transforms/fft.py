@@ -489,10 +489,11 @@ class PyFFTWBackend(Backend):
         if (path, wisdom) == cls._wisdom_saved:
             return False
         from wincaffe.errors import WincaffeError
-        from wincaffe.fileio import atomic_write
+        from wincaffe.fileio import atomic_write, remove_stale_temps
         payload = b"\0".join(wisdom)
         try:
             atomic_write(path, lambda fh: fh.write(payload))
+            remove_stale_temps(os.path.dirname(path))
         except (OSError, WincaffeError) as exc:
             warnings.warn(f"could not save FFTW wisdom to {path}: {exc}", RuntimeWarning, stacklevel=2)
             return False
