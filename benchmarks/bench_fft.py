@@ -163,6 +163,8 @@ def bench_layers(args):
         nb = args.batch_large
         cases += [(f"{k}x{k} 32ch 64x64", (nb, 32, 64, 64), 32, k, k // 2, True) for k in (3, 5, 7, 11)]
     fft_param = {"backend": args.backend, "threads": args.threads, "fft_size": args.fft_size}
+    from wincaffe.machine import describe
+    print(describe())
     print(f"FFTConv backend={args.backend} fft_size={args.fft_size} threads={args.threads}; "
           f"ms, best of {args.repeat}; each cell: F  F+B")
     print(f"{'case [FFT size]':26s} {'input':>16s} | {'fft':>15s} | {'im2col':>15s} | {'conv':>15s} | "

@@ -133,6 +133,8 @@ def main(argv=None):
         for name, run in runners.items():
             results[name].append(run())
     width = max(22, max(len(n) for n in runners) + 2)
+    from wincaffe.machine import describe
+    print(describe())
     print(f"LeNet-5 training iteration, batch 64, {args.threads} thread(s)")
     print(f"{'net / framework':<{width}}{'forward':>9}{'backward':>10}{'update':>9}{'total ms':>10}{'s/epoch':>9}")
     totals = {}

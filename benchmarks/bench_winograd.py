@@ -160,6 +160,8 @@ def main(a):
                 f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}"
     from wincaffe._kernels.threads import get_omp_threads
     from wincaffe._kernels.winograd import KERNELS
+    from wincaffe.machine import describe
+    print(describe())
     print(f"WinogradConv benchmark, float32, best of {a.repeat}; threads: {pools}, OpenMP {get_omp_threads()}; "
           f"cpus: {os.cpu_count()}; kernels: {KERNELS}; batched GEMMs: {GEMM_BACKEND}")
     try:
