@@ -118,11 +118,18 @@ class Param:
         np.copyto(self.data, 0, where=self.mask == 0)   # exact zeros, even under NaN or inf
 
     def step_direction(self, out):
-        """Write what the solver steps along into ``out``: P(diff), or diff itself."""
+        """Write what the solver steps along into ``out``: M·P(M·diff) with the mask M and
+        the preconditioner P (either may be absent). Masking before P as well as after
+        matters: P is positive semi-definite, so M P M ∇ is a descent direction, while
+        M P ∇ can point uphill (it mixes in the gradient of pruned entries)."""
         if self.preconditioner is None:
             np.copyto(out, self.diff)
-        else:
+        elif self.mask is None:
             self.preconditioner(self.diff, out)
+        else:
+            self.preconditioner(self.diff * self.mask, out)
+        if self.mask is not None:
+            out *= self.mask
         return out
 
     def __repr__(self):

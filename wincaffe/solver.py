@@ -2,9 +2,10 @@
 
 Per parameter, each iteration (Caffe's ApplyUpdate, with preconditioners and masks
 added), in this order:
-    g  = P(diff)              the param's preconditioner, else g = diff (Param.diff itself
-                              stays the gradient dL/d(data))
-    g ⊙= mask                 pruned entries get no step and no share of the clipping norm
+    g  = M ⊙ P(M ⊙ diff)      the param's mask M and preconditioner P (Param.step_direction;
+                              either may be absent; Param.diff itself stays dL/d(data)):
+                              pruned entries get no step and no share of the clipping norm,
+                              and with P positive semi-definite the step still descends
     g ·= c / ‖g‖              clip_gradients c: one global L2 norm over all params' g
                               (Caffe clips before normalising and regularising)
     g /= iter_size
@@ -78,10 +79,8 @@ class Solver:
         lr = self.learning_rate()
         if self._steps is None:
             self._steps = [np.empty_like(p.data) for p in self.params]
+        # M·P(M·diff): pruned entries get no step and no share of the clipping norm
         steps = [p.step_direction(g) for p, g in zip(self.params, self._steps)]
-        for p, g in zip(self.params, steps):
-            if p.mask is not None:
-                g *= p.mask           # pruned entries: no step, and no share of the clipping norm
         self._clip(steps)
         for k, (p, g) in enumerate(zip(self.params, steps)):
             if s.iter_size > 1:
