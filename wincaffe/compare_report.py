@@ -150,8 +150,8 @@ def markdown(study, records, dense_info, wall_seconds, skipped=0):
             if table == "liu_turakhia_fft":
                 head += ["theirs: loss w/o retraining", "theirs: loss after 1 epoch"]
             out += [_md_table(head, rows), ""]
-            if table == "liu_turakhia_winograd":
-                out += [LIU_TURAKHIA_FIG8, ""]
+        if table == "liu_turakhia_winograd":
+            out += [LIU_TURAKHIA_FIG8, ""]
     threads = study.get("threads", 1)
     out += ["## Multiplies and inference time", "",
             "Multiplies per image of the pruned layers' own algorithm (winograd_sparse, fft_masked or "

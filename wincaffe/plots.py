@@ -86,7 +86,8 @@ def accuracy_vs_rate(path, series):
         a.set_ylabel("test accuracy (%)")
         a.grid(alpha=0.3)
     _zoom(zoom, [v for s in series.values() for v in s["retrained"]], [s["dense"] for s in series.values()])
-    fig.legend(loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, -0.12))
+    fig.tight_layout()
+    fig.legend(loc="upper center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0.0))   # below the axes
     save_figure(fig, path)
     plt.close(fig)
     return path
