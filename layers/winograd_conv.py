@@ -41,6 +41,13 @@ Fig. 1a). ``transformed_weights()`` gives U (K, C, α, α). Other attributes: ``
 layer dtype), ``V`` (the last forward's transformed input, (α², C, N·T), after
 the Winograd-ReLU: its density is the activation density of Liu et al., Fig. 3).
 
+Quantization (``winograd_param.quantize``, off unless ``bits`` is set): the products
+M[ξ] = U[ξ] @ V[ξ] become b-bit integer products with int32 sums, QW or channel-balanced
+BQW (Chikin & Kryzhanovskiy, eq. A.1–A.4), by a
+:class:`~wincaffe.quantized_stage.QuantizedStage`; in the TRAIN phase the backward is the
+straight-through estimator (U and V replaced by their dequantized values, gradients cut
+where clipped), which makes ``wincaffe train`` quantization-aware training.
+
 Few input channels (C ≤ ``FUSED_MAX_C``, e.g. a 1-channel image): the α² "GEMMs" have
 inner dimension C (an outer product for C = 1) and the cost is moving M / dM
 (α², K, N·T), α²/m² times the output, through memory. Then the products are fused
@@ -64,8 +71,10 @@ from wincaffe._kernels.winograd import (gather_transform, gather_transform_grads
                                        product_transform_scatter, transform_scatter)
 from wincaffe.conv_geometry import conv_output_shape, require_4d, require_unit_stride
 from wincaffe.fillers import fill
-from wincaffe.layer import Layer, register
+from wincaffe.layer import TRAIN, Layer, register
+from wincaffe.quantized_stage import MODES as QUANT_MODES, QuantizedStage
 from wincaffe.schema import Block, Field, convolution_block
+from wincaffe.transforms.quantization import SCALES as QUANT_SCALES
 from wincaffe.transforms.winograd import MAX_ALPHA, transform
 
 WEIGHTS = ("spatial", "spatial_masked", "winograd")
@@ -91,8 +100,20 @@ class WinogradConv(Layer):
                          doc="α − 1 finite interpolation points (infinity is added) or α points; "
                              "strings like '1/2' are exact"),
             winograd_relu=Field(bool, False, doc="ReLU on V = Bᵀ d B (Liu et al., Fig. 1c)"),
+            quantize=Block(
+                doc="b-bit integer products (Chikin & Kryzhanovskiy); off unless bits is set",
+                bits=Field(int, 0, min=0, max=16, doc="0: float products; 2..16 (≤ 8: int8 SIMD kernels)"),
+                scales=Field(str, "tile", choices=QUANT_SCALES,
+                             doc="one scale per tensor or per Winograd tile position (α×α)"),
+                balance=Field(bool, False, doc="channel balancing Ω (BQW); false: plain QW"),
+                mode=Field(str, "static", choices=QUANT_MODES,
+                           doc="input scales calibrated (static) or from each batch (dynamic)"),
+                fuse_balance=Field(bool, True, doc="fold Ω into the input scales (one multiply per "
+                                                   "element); false applies it separately"),
+            ),
         ),
     }
+    quantization_block = ("winograd_param", "quantize")
     num_bottoms = 1
     num_tops = 1
 
@@ -141,6 +162,11 @@ class WinogradConv(Layer):
             self.add_buffer("winograd_mask", np.ones((K, C, a, a), self.dtype))
         self._geom = None
         self._U = None
+        self.quant = None
+        if w.quantize.bits:
+            if w.quantize.bits < 2:
+                raise self.error("must be 0 (off) or 2..16", field="winograd_param.quantize.bits")
+            self.quant = QuantizedStage(self, w.quantize, a * a, K, C, a)
 
     def _precondition(self, dQ, out):
         """out = (G Gᵀ) dQ (G Gᵀ) per (k, c) kernel (the gradient note, eq. 18), one GEMM."""
@@ -192,6 +218,22 @@ class WinogradConv(Layer):
     def check_loaded(self):
         if self.weights_mode == "spatial_masked":
             self._require_binary(self.buffers["winograd_mask"], "the winograd_mask buffer")
+        if self.quant is not None:
+            problem = self.quant.check_consistent(self._compute_U())
+            if problem:
+                raise self.error(problem, field="winograd_param.quantize")
+
+    # ----- quantization protocol (wincaffe.quantization) -------------------------------------
+    def quantization(self):
+        q = self.quant
+        if q is None:
+            return None
+        return {"bits": q.bits, "scales": q.kind, "variant": q.variant, "mode": q.mode,
+                "path": q.path, "calibrated": bool(q.calibrated)}
+
+    def calibrate(self, on):
+        if self.quant is not None:
+            self.quant.calibrate(on)
 
     def activation_density(self, bottoms):
         return "winograd", float(np.count_nonzero(self.V)) / self.V.size
@@ -254,6 +296,16 @@ class WinogradConv(Layer):
         U = self._compute_U()
         gather_transform(x, self._BT, self.m, self.pad, self.th, self.tw, self.V, self.winograd_relu)
         bias = self.params[1].data if len(self.params) > 1 else None
+        if self.quant is not None:                                               # integer products
+            M = self.workspace("M", (a * a, K, self.NT), self.dtype)
+            training = self.phase == TRAIN
+            self.quant.products(U, self.V, M, training=training)
+            if training:                        # the straight-through estimator's backward operands
+                U_hat, V_hat = self.quant.dequantized()
+                self._U[...] = U_hat
+                self.V[...] = V_hat
+            transform_scatter(M, self._A, self.m, 0, self.th, self.tw, tops[0].data, bias)
+            return
         if self.V.shape[1] <= FUSED_MAX_C:                                        # Y = Aᵀ (U ⊙ V) A + b
             product_transform_scatter(U, self.V, self._A, self.m, 0, self.th, self.tw, tops[0].data, bias)
             return
@@ -274,6 +326,7 @@ class WinogradConv(Layer):
             dM = self.workspace("M", (a * a, K, self.NT), self.dtype)
             gather_transform(dy, self._A, self.m, 0, self.th, self.tw, dM)      # dM = A dY Aᵀ
             batched_matmul(dM, self.V, dU, trans_b=True)                          # dU = dM Vᵀ
+        ste = self.quant is not None and self.quant.has_training_state
         dU2 = dU.reshape(a * a, K * C)                                           # dL/dU, (α², K·C)
         w = self.params[0]
         if self.weights_mode == "winograd":
@@ -288,6 +341,8 @@ class WinogradConv(Layer):
             if not fused:
                 dV = self.workspace("dV", (a * a, C, self.NT), self.dtype)
                 batched_matmul(self._U, dM, dV, trans_a=True)                     # dV = Uᵀ dM
+            if ste:                                   # no gradient where the quantizer clipped V
+                dV *= self.quant.ste_mask()
             if self.winograd_relu:                                                # ReLU(V)'s gradient
                 pos = self.workspace("pos", self.V.shape, np.bool_)
                 np.greater(self.V, 0, out=pos)

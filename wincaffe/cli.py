@@ -185,6 +185,29 @@ def cmd_mults(args):
     return 0
 
 
+def cmd_quantize(args):
+    from wincaffe import quantization
+    from wincaffe.report import Column, format_table
+    report = quantization.run(args.model, args.weights, bits=args.bits, scales=args.scales, mode=args.mode,
+                              balance=args.balance, calib_batches=args.calib_batches,
+                              test_iterations=args.test_iterations,
+                              layers=_names(args.layers) if args.layers else None, output=args.output,
+                              dtype=_dtype(args.dtype), progress=not args.no_progress and sys.stderr.isatty())
+    if args.json:
+        import json
+        print(json.dumps(report, indent=2))
+        return 0
+    print(format_table(report["layers"], [Column("name", "layer"), Column("bits"), Column("scales"),
+                                          Column("variant"), Column("mode"), Column("path", "kernel path")]))
+    s = report["settings"]
+    print(f"test accuracy ({report['test_iterations']} batches), {s['bits']} bits, {s['scales']} scales, "
+          f"{s['mode']}: float {report['float']:.4f}  QW {report['qw']:.4f}  BQW {report['bqw']:.4f}")
+    if report.get("written"):
+        w = report["written"]
+        print(f"wrote {w['model']} and {w['weights']}: wincaffe test --model {w['model']} --weights {w['weights']}")
+    return 0
+
+
 def cmd_compare(args):
     from wincaffe import compare, study
     from wincaffe.fileio import ensure_writable_dir
@@ -348,6 +371,32 @@ def build_parser():
     co.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     co.set_defaults(func=cmd_compare)
 
+    q = sub.add_parser("quantize", help="quantized Winograd (QW, BQW) from a trained float net",
+                       description="Quantize the element-wise stage of every WinogradConv layer of --model "
+                                   "to --bits-bit integers (Chikin & Kryzhanovskiy): calibrate on TRAIN "
+                                   "batches, then print the test accuracy of the float net, of QW and of "
+                                   "channel-balanced BQW. --output FILE writes FILE.yaml (the net with its "
+                                   "quantize settings) and FILE.npz (weights, integer weights, scales and "
+                                   "calibrated ranges) for `wincaffe test`, `time` and `train` "
+                                   "(quantization-aware training); QW, or BQW with --balance.")
+    q.add_argument("--model", required=True, help="net definition (YAML) with WinogradConv layers")
+    q.add_argument("--weights", required=True, help="trained float weights (.npz)")
+    q.add_argument("--bits", type=int, default=8, help="bits of the integers, 2..16 (default 8; <= 8 runs "
+                                                       "the int8 SIMD kernels)")
+    q.add_argument("--scales", default="tile", choices=("tensor", "tile"),
+                   help="one scale per tensor or per tile position (default tile)")
+    q.add_argument("--balance", action="store_true", help="write the balanced net (BQW) instead of QW")
+    q.add_argument("--mode", default="static", choices=("static", "dynamic"),
+                   help="input scales calibrated (static, default) or from each batch (dynamic)")
+    q.add_argument("--calib-batches", type=int, default=10, help="TRAIN batches to calibrate on (default 10)")
+    q.add_argument("--test-iterations", type=int, help="TEST batches to score (default: the whole test set)")
+    q.add_argument("--layers", help="comma-separated layers to quantize (default: every one that can)")
+    q.add_argument("--output", help="write FILE.yaml and FILE.npz (the quantized net)")
+    q.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    common(q, model=False)
+    q.set_defaults(func=cmd_quantize)
+
     d = sub.add_parser("data", help="datasets", description="Dataset commands.")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     f = dsub.add_parser("fetch", help="download and verify a dataset into the cache",
@@ -362,7 +411,7 @@ def build_parser():
 
 # Options that must be at least some value: one clear line instead of silent nonsense.
 _MINIMUM = {"threads": 1, "iterations": 1, "max_iter": 0, "batches": 0, "workers": 1, "repeats": 1,
-            "test_iterations": 1, "retrain_iters": 0, "dense_iters": 1, "agp_steps": 1}
+            "test_iterations": 1, "retrain_iters": 0, "dense_iters": 1, "agp_steps": 1, "calib_batches": 1}
 
 
 def _check_minimums(args):

@@ -325,6 +325,21 @@ class Layer:
         (the keys that apply), products with both factors nonzero summed over the batch."""
         return None
 
+    # ----- optional protocol: quantization (wincaffe.quantization) --------------------
+    # A layer type that can run quantized names the block of its spec that takes the
+    # settings (``quantization_block``, e.g. ("winograd_param", "quantize")): the core
+    # writes them there and builds the net again. The layer then reports its state and
+    # observes calibration batches when asked.
+    quantization_block = None
+
+    def quantization(self):
+        """``{"bits", "scales", "variant", "mode", "path", "calibrated"}`` of a layer that
+        runs quantized, else None."""
+        return None
+
+    def calibrate(self, on):
+        """Observe input ranges in every forward (any phase) while ``on``."""
+
     # ----- optional protocol: transform-domain activations ---------------------------
     def activation_density(self, bottoms):
         """Right after this layer's forward on ``bottoms``: ``(domain, fraction of

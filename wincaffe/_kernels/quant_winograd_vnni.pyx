@@ -1,0 +1,13 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
+"""quant_winograd compiled for AVX-512 F/BW/VL + VNNI by GCC's ``#pragma GCC target`` (other
+compilers get the baseline code; ``SIMD`` says which). Import it through
+:mod:`wincaffe._kernels.quant`, which checks the CPU first."""
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+    #pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")
+    #endif
+    """
+
+include "quant_winograd_impl.pxi"
