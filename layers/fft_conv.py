@@ -78,7 +78,10 @@ the TEST net (spectral: ``Param.mask`` on both real and imaginary parts does bot
 Layout: the data spectra are frequency-major, (F, N, C) and (F, N, K) with
 F = Fh·Fw' (FFTW reads and writes that layout directly, see
 :mod:`wincaffe.transforms.fft`), so each product is one ``np.matmul`` of F small
-complex matrices (BLAS cgemm/zgemm per frequency); with C = 1 the forward is an
+complex matrices (BLAS cgemm/zgemm per frequency); with a spectral mask and
+``fft_param.sparse`` (auto, on, off) the forward products skip masked entries instead
+(:class:`~wincaffe.sparse_stage.SparseProducts`, complex G (K, C) as the real (K, 2C)
+[Re G, Im G] against [X, iX] (2C, 2N) rows; the backward stays dense); with C = 1 the forward is an
 outer product in the natural layout instead. The kernel's spectrum and dW are
 matrix DFTs of the k × k corner (``rfft2_small`` / ``irfft2_small``), not FFTs
 of a mostly-zero canvas. The 1/(Fh·Fw) of the inverse FFT is folded into the
@@ -93,6 +96,7 @@ from wincaffe.conv_geometry import conv_output_shape, require_4d, require_unit_s
 from wincaffe.fillers import fill
 from wincaffe.layer import Layer, register
 from wincaffe.schema import Block, Field, convolution_block
+from wincaffe.sparse_stage import SparseProducts, sparse_setting
 from wincaffe.transforms import fft
 
 WEIGHTS = ("spatial", "spatial_masked", "spectral")
@@ -126,6 +130,8 @@ FFT_PARAM = Block(
                                   "(5-smooth sizes, the same for every backend) or [Fh, Fw]"),
     backend=Field(str, "pyfftw", choices=fft.BACKENDS, doc="FFT library"),
     threads=Field(int, 1, min=1, doc="FFT threads"),
+    sparse=Field((str, bool), "auto", doc="skip masked spectral products in the forward: on, off, or "
+                                          "auto (when the mask's density is at most the break-even)"),
 )
 
 
@@ -169,6 +175,30 @@ class FFTConv(Layer):
         if self.weights_mode == "spatial_masked":
             self.add_buffer("spectral_mask", np.ones(self.spectrum_shape, self.dtype))
         self._geom = None
+        self.sparse = SparseProducts(sparse_setting(self, f.sparse, "fft_param.sparse"))
+
+    def execution(self):
+        if self._geom is not None and self._outer:
+            return "dense outer"
+        return self.sparse.describe()
+
+    def _sparse_products(self, X, Gc, out):
+        """out (F, N, K) = X (F, N, C) @ Gcᵀ at the mask's entries only: the complex product
+        Σ_c (a + ib)(x_r + i x_i) as the real sparse [a, b] (K, 2C) times [x, i·x] (2C, 2N)
+        (x interleaved real/imaginary, i·x = (−x_i, x_r))."""
+        F, N, C = X.shape
+        K = Gc.shape[1]
+        Xa = self.workspace("fft_sparse_x", (F, 2 * C, 2 * N), self.dtype)
+        Xt = Xa[:, :C].view(self.ctype)                                  # (F, C, N) complex view
+        np.copyto(Xt, X.transpose(0, 2, 1))
+        iX = Xa[:, C:].reshape(F, C, N, 2)
+        np.negative(Xt.imag, out=iX[..., 0])
+        np.copyto(iX[..., 1], Xt.real)
+        pattern = np.concatenate([self._Mfm != 0] * 2, axis=2)
+        S = np.concatenate([Gc.real, Gc.imag], axis=2)                   # (F, K, 2C)
+        M = self.workspace("fft_sparse_m", (F, K, 2 * N), self.dtype)
+        self.sparse.forward(S, pattern, Xa, M)
+        np.copyto(out, M.view(self.ctype).transpose(0, 2, 1))
 
     def _fft_size(self, rule, H, W):
         k, pad = self.k, self.pad
@@ -366,7 +396,11 @@ class FFTConv(Layer):
         else:
             X = xp().reshape(-1, N, C)                              # (F, N, C), kept for backward
             self._X = X
-            np.matmul(X, Gc.transpose(0, 2, 1), out=self._y_c2r.input.reshape(-1, N, K))
+            out = self._y_c2r.input.reshape(-1, N, K)
+            if self.sparse.decide(self._Mfm):
+                self._sparse_products(X, Gc, out)                   # skip masked products
+            else:
+                np.matmul(X, Gc.transpose(0, 2, 1), out=out)
         y = self._y_c2r()                                           # (N, K, Fh, Fw)
         top = tops[0].data
         np.copyto(top, y[:, :, :self.Ho, :self.Wo])

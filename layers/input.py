@@ -1,6 +1,6 @@
 """Input: tops of fixed shapes filled by the caller (Caffe's ``Input`` layer).
 
-``input_param: {shape: [{dim: [64, 1, 28, 28]}]}``; a test or a benchmark writes
+``input_param: {shape: [64, 1, 28, 28]}``; a test or a benchmark writes
 ``net.blobs[name].data`` before calling ``forward``. With ``fill: gaussian`` the
 tops start as N(0, 1) noise from the net's generator (``wincaffe time`` uses it).
 """

@@ -41,6 +41,12 @@ Fig. 1a). ``transformed_weights()`` gives U (K, C, α, α). Other attributes: ``
 layer dtype), ``V`` (the last forward's transformed input, (α², C, N·T), after
 the Winograd-ReLU: its density is the activation density of Liu et al., Fig. 3).
 
+Sparse products (``winograd_param.sparse``: auto, on, off): with a transform-domain mask
+the α² products skip the masked entries of U (a
+:class:`~wincaffe.sparse_stage.SparseProducts`: sparse U × dense V, dU at the unmasked
+entries only, so Q's ``Param.diff`` is zero at masked entries on that path; dV = Uᵀ dM
+sparse); ``auto`` goes sparse when the mask's density is at most the measured break-even.
+
 Quantization (``winograd_param.quantize``, off unless ``bits`` is set): the products
 M[ξ] = U[ξ] @ V[ξ] become b-bit integer products with int32 sums, QW or channel-balanced
 BQW (Chikin & Kryzhanovskiy, eq. A.1–A.4), by a
@@ -73,6 +79,7 @@ from wincaffe.conv_geometry import conv_output_shape, require_4d, require_unit_s
 from wincaffe.fillers import fill
 from wincaffe.layer import TRAIN, Layer, register
 from wincaffe.quantized_stage import MODES as QUANT_MODES, QuantizedStage
+from wincaffe.sparse_stage import SparseProducts, sparse_setting
 from wincaffe.schema import Block, Field, convolution_block
 from wincaffe.transforms.quantization import SCALES as QUANT_SCALES
 from wincaffe.transforms.winograd import MAX_ALPHA, transform
@@ -100,6 +107,10 @@ class WinogradConv(Layer):
                          doc="α − 1 finite interpolation points (infinity is added) or α points; "
                              "strings like '1/2' are exact"),
             winograd_relu=Field(bool, False, doc="ReLU on V = Bᵀ d B (Liu et al., Fig. 1c)"),
+            sparse=Field((str, bool), "auto",
+                         doc="skip masked products (sparse U × dense V): on, off, or auto (when the "
+                             "mask's density is at most the measured break-even); YAML's bare "
+                             "on / off (booleans) are accepted"),
             quantize=Block(
                 doc="b-bit integer products (Chikin & Kryzhanovskiy); off unless bits is set",
                 bits=Field(int, 0, min=0, max=16, doc="0: float products; 2..16 (≤ 8: int8 SIMD kernels)"),
@@ -162,7 +173,10 @@ class WinogradConv(Layer):
             self.add_buffer("winograd_mask", np.ones((K, C, a, a), self.dtype))
         self._geom = None
         self._U = None
+        self.V = None
         self.quant = None
+        self.sparse = SparseProducts(sparse_setting(self, w.sparse, "winograd_param.sparse"))
+        self._sparse_pass = False
         if w.quantize.bits:
             if w.quantize.bits < 2:
                 raise self.error("must be 0 (off) or 2..16", field="winograd_param.quantize.bits")
@@ -234,6 +248,24 @@ class WinogradConv(Layer):
     def calibrate(self, on):
         if self.quant is not None:
             self.quant.calibrate(on)
+
+    def execution(self):
+        if self.quant is not None:
+            return f"int{self.quant.bits} {self.quant.path}"
+        if self.V is not None and self.V.shape[1] <= FUSED_MAX_C:
+            return "dense fused"
+        return self.sparse.describe()
+
+    def _winograd_pattern(self):
+        """The transform-domain mask as a (α², K, C) bool pattern (the layout of U), or None."""
+        if self.weights_mode == "spatial_masked":
+            mask = self.buffers["winograd_mask"]
+        elif self.weights_mode == "winograd" and self.params[0].mask is not None:
+            mask = self.params[0].mask
+        else:
+            return None
+        K, C = mask.shape[:2]
+        return np.ascontiguousarray(mask.reshape(K * C, -1).T.reshape(-1, K, C) != 0)
 
     def activation_density(self, bottoms):
         return "winograd", float(np.count_nonzero(self.V)) / self.V.size
@@ -310,7 +342,12 @@ class WinogradConv(Layer):
             product_transform_scatter(U, self.V, self._A, self.m, 0, self.th, self.tw, tops[0].data, bias)
             return
         M = self.workspace("M", (a * a, K, self.NT), self.dtype)
-        batched_matmul(U, self.V, M)
+        pattern = self._winograd_pattern()
+        self._sparse_pass = self.sparse.decide(pattern)
+        if self._sparse_pass:                                                     # skip masked products
+            self.sparse.forward(U, pattern, self.V, M)
+        else:
+            batched_matmul(U, self.V, M)
         transform_scatter(M, self._A, self.m, 0, self.th, self.tw, tops[0].data, bias)
 
     def backward(self, tops, propagate_down, bottoms):
@@ -325,7 +362,11 @@ class WinogradConv(Layer):
         else:
             dM = self.workspace("M", (a * a, K, self.NT), self.dtype)
             gather_transform(dy, self._A, self.m, 0, self.th, self.tw, dM)      # dM = A dY Aᵀ
-            batched_matmul(dM, self.V, dU, trans_b=True)                          # dU = dM Vᵀ
+            if self._sparse_pass:              # dU at the unmasked entries only, dV = Uᵀ dM sparse
+                dV = self.workspace("dV", (a * a, C, self.NT), self.dtype) if propagate_down[0] else None
+                self.sparse.backward(dM, self.V, dU, dV)
+            else:
+                batched_matmul(dM, self.V, dU, trans_b=True)                      # dU = dM Vᵀ
         ste = self.quant is not None and self.quant.has_training_state
         dU2 = dU.reshape(a * a, K * C)                                           # dL/dU, (α², K·C)
         w = self.params[0]
@@ -338,7 +379,7 @@ class WinogradConv(Layer):
         if len(self.params) > 1:
             self.params[1].diff[...] = dy.sum(axis=(0, 2, 3))
         if propagate_down[0]:
-            if not fused:
+            if not fused and not self._sparse_pass:
                 dV = self.workspace("dV", (a * a, C, self.NT), self.dtype)
                 batched_matmul(self._U, dM, dV, trans_a=True)                     # dV = Uᵀ dM
             if ste:                                   # no gradient where the quantizer clipped V

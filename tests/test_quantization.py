@@ -69,7 +69,7 @@ def test_dispatch_is_forced_by_name_and_unknown_paths_are_refused(monkeypatch):
     assert qk.kernels("baseline").SIMD == "baseline"
     monkeypatch.setenv("WINCAFFE_QUANT_PATH", "baseline")
     assert qk.kernels().SIMD == "baseline"
-    with pytest.raises(ValueError, match="unknown quantized-kernel path"):
+    with pytest.raises(ValueError, match="unknown kernel path"):
         qk.kernels("avx9000")
 
 

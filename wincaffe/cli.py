@@ -90,9 +90,9 @@ def cmd_time(args):
     log.info(f"Performing Forward-Backward timing over {args.iterations} iterations")
     fwd, bwd = net.time_layers(args.iterations)
     width = max(len(l.name) for l in net.layers)
-    print(f"{'layer':<{width}}  {'type':<16} {'forward ms':>10} {'backward ms':>11}")
+    print(f"{'layer':<{width}}  {'type':<16} {'forward ms':>10} {'backward ms':>11}  path")
     for layer, f, b in zip(net.layers, fwd, bwd):
-        print(f"{layer.name:<{width}}  {layer.type_name:<16} {f:10.3f} {b:11.3f}")
+        print(f"{layer.name:<{width}}  {layer.type_name:<16} {f:10.3f} {b:11.3f}  {layer.execution() or ''}".rstrip())
     print(f"Average Forward pass: {fwd.sum():.3f} ms.")
     print(f"Average Backward pass: {bwd.sum():.3f} ms.")
     print(f"Average Forward-Backward: {fwd.sum() + bwd.sum():.3f} ms.")

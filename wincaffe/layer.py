@@ -340,6 +340,12 @@ class Layer:
     def calibrate(self, on):
         """Observe input ranges in every forward (any phase) while ``on``."""
 
+    # ----- optional protocol: how the layer computes (wincaffe time) -------------------
+    def execution(self):
+        """A short note on the path the last forward took (e.g. ``sparse 10.0%``,
+        ``int8 avx512_vnni``), or None."""
+        return None
+
     # ----- optional protocol: transform-domain activations ---------------------------
     def activation_density(self, bottoms):
         """Right after this layer's forward on ``bottoms``: ``(domain, fraction of

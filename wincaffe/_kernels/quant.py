@@ -11,54 +11,18 @@ one (the tests run every available path).
 All paths compute the same exact int32 sums (see :mod:`wincaffe._kernels.quant_winograd`
 for the kernels and the packed layouts); only their speed differs.
 """
-import importlib
-import os
-
 import numpy as np
 
-PATHS = ("avx512_vnni", "avx2", "baseline")
-_MODULES = {"avx512_vnni": "quant_winograd_vnni", "avx2": "quant_winograd_avx2",
-            "baseline": "quant_winograd"}
-_CPU_FLAGS = {"avx512_vnni": ("AVX512F", "AVX512BW", "AVX512VL", "AVX512VNNI"),
-              "avx2": ("AVX2", "FMA3"), "baseline": ()}
+from wincaffe._kernels.dispatch import Family
 
-
-def _cpu_features():
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__
-        return __cpu_features__
-    except Exception:    # an older or unusual NumPy: assume nothing beyond the baseline
-        return {}
-
-
-def _load(path):
-    feats = _cpu_features()
-    if not all(feats.get(f) for f in _CPU_FLAGS[path]):
-        return None
-    try:
-        mod = importlib.import_module(f"wincaffe._kernels.{_MODULES[path]}")
-    except ImportError:
-        return None
-    return mod if mod.SIMD == path else None    # e.g. a non-GCC build falls back to baseline code
-
-
-def available_paths():
-    """The paths this machine can run, best first (``baseline`` always)."""
-    return tuple(p for p in PATHS if _load(p) is not None)
-
-
-def kernels(path=None):
-    """The kernel module of ``path`` (default: ``$WINCAFFE_QUANT_PATH`` or the best available)."""
-    path = path or os.environ.get("WINCAFFE_QUANT_PATH") or None
-    if path is None:
-        return _load(available_paths()[0])
-    if path not in PATHS:
-        raise ValueError(f"unknown quantized-kernel path {path!r} (known: {', '.join(PATHS)})")
-    mod = _load(path)
-    if mod is None:
-        raise ValueError(f"quantized-kernel path {path!r} is not available on this machine "
-                         f"(available: {', '.join(available_paths())})")
-    return mod
+_FAMILY = Family("WINCAFFE_QUANT_PATH", [
+    ("avx512_vnni", "quant_winograd_vnni", ("AVX512F", "AVX512BW", "AVX512VL", "AVX512VNNI")),
+    ("avx2", "quant_winograd_avx2", ("AVX2", "FMA3")),
+    ("baseline", "quant_winograd", ()),
+])
+PATHS = _FAMILY.paths
+available_paths = _FAMILY.available
+kernels = _FAMILY.kernels
 
 
 def _ceil_to(x, m):
