@@ -96,7 +96,7 @@ from wincaffe.conv_geometry import conv_output_shape, require_4d, require_unit_s
 from wincaffe.fillers import fill
 from wincaffe.layer import Layer, register
 from wincaffe.schema import Block, Field, convolution_block
-from wincaffe.sparse_stage import SparseProducts, sparse_setting
+from wincaffe.sparse_stage import FFT_BREAK_EVEN, SparseProducts, sparse_setting
 from wincaffe.transforms import fft
 
 WEIGHTS = ("spatial", "spatial_masked", "spectral")
@@ -175,7 +175,7 @@ class FFTConv(Layer):
         if self.weights_mode == "spatial_masked":
             self.add_buffer("spectral_mask", np.ones(self.spectrum_shape, self.dtype))
         self._geom = None
-        self.sparse = SparseProducts(sparse_setting(self, f.sparse, "fft_param.sparse"))
+        self.sparse = SparseProducts(sparse_setting(self, f.sparse, "fft_param.sparse"), FFT_BREAK_EVEN)
 
     def execution(self):
         if self._geom is not None and self._outer:

@@ -233,7 +233,7 @@ class WinogradConv(Layer):
         if self.weights_mode == "spatial_masked":
             self._require_binary(self.buffers["winograd_mask"], "the winograd_mask buffer")
         if self.quant is not None:
-            problem = self.quant.check_consistent(self._compute_U())
+            problem = self.quant.check_loaded()
             if problem:
                 raise self.error(problem, field="winograd_param.quantize")
 
@@ -385,7 +385,10 @@ class WinogradConv(Layer):
             if ste:                                   # no gradient where the quantizer clipped V
                 dV *= self.quant.ste_mask()
             if self.winograd_relu:                                                # ReLU(V)'s gradient
-                pos = self.workspace("pos", self.V.shape, np.bool_)
-                np.greater(self.V, 0, out=pos)
+                if ste:                                  # V > 0 before quantization, not V̂ > 0
+                    pos = self.quant.input_positive()
+                else:
+                    pos = self.workspace("pos", self.V.shape, np.bool_)
+                    np.greater(self.V, 0, out=pos)
                 np.multiply(dV, pos, out=dV)
             transform_scatter(dV, self._BT, self.m, self.pad, self.th, self.tw, bottoms[0].diff)

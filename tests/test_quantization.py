@@ -306,6 +306,155 @@ def test_straight_through_backward():
     assert clipped.any() and np.all(dV[clipped] == 0) and np.count_nonzero(dV[~clipped]) > 0.5 * (~clipped).sum()
 
 
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("variant", [dict(balance=False), dict(balance=True), dict(balance=True, fuse_balance=False)])
+def test_straight_through_gradients_equal_a_reference_at_4_bits(relu, variant):
+    """dQ = dM V̂ᵀ and dX = Σ B (Ûᵀ dM ⊙ [not clipped] ⊙ [V > 0]) Bᵀ, with Û, V̂ the values the
+    integer products multiplied and V the input before quantization."""
+    from wincaffe._kernels.winograd import gather_transform, transform_scatter
+    layer, bottoms, tops = qconv(shape=(2, 4, 9, 10), K=5, weights="winograd", phase="TRAIN", relu=relu,
+                                 dtype=np.float32, bits=4, scales="tile", mode="static", **variant)
+    layer.forward(bottoms, tops)                    # the first TRAIN batch calibrates
+    bottoms[0].data *= 3                            # a wider batch: some of V clips
+    layer.forward(bottoms, tops)
+    q = layer.quant
+    U_hat, V_hat = q.dequantized()
+    passes = q.ste_mask()
+    assert 0 < passes.mean() < 1
+    V = q._ste[1]
+    omega, s_u, s_v = q.derive(q._ste[0])                   # Û and V̂ from the formula itself
+    mult_v = (s_v[:, None] / omega)[:, :, None]
+    np.testing.assert_allclose(V_hat, qz.quantize(V, mult_v, 4) / mult_v, rtol=1e-5, atol=1e-6)
+    mult_u = (s_u[:, None] * omega)[:, None, :]
+    np.testing.assert_allclose(U_hat, qz.quantize(q._ste[0], mult_u, 4) / mult_u, rtol=1e-5, atol=1e-6)
+    if q.balanced:
+        assert not np.all(layer.buffers["quant_balance"] == 1)
+    g = np.random.default_rng(7).standard_normal(tops[0].shape).astype(np.float32)
+    tops[0].diff[...] = g
+    layer.backward(tops, [True], bottoms)
+    a = layer.alpha
+    dM = np.empty((a * a, 5, layer.NT), np.float32)
+    gather_transform(g, layer._A, layer.m, 0, layer.th, layer.tw, dM)
+    dQ = dM @ V_hat.transpose(0, 2, 1)                                     # (P, K, C)
+    np.testing.assert_allclose(layer.params[0].diff, dQ.reshape(a * a, -1).T.reshape(layer.params[0].shape),
+                               rtol=1e-4, atol=1e-4 * np.abs(dQ).max())
+    dV = U_hat.transpose(0, 2, 1) @ dM * passes
+    if relu:
+        dV *= V > 0
+    dX = np.zeros(bottoms[0].shape, np.float32)
+    transform_scatter(np.ascontiguousarray(dV), layer._BT, layer.m, layer.pad, layer.th, layer.tw, dX)
+    np.testing.assert_allclose(bottoms[0].diff, dX, rtol=1e-4, atol=1e-4 * np.abs(dX).max())
+
+
+def test_ste_mask_cuts_exactly_where_the_clip_changed_the_rounded_value():
+    layer, bottoms, tops = qconv(phase="TRAIN", bits=4, mode="dynamic", balance=False)
+    layer.forward(bottoms, tops)
+    q = layer.quant
+    U, V, omega, s_u, mult_v, extra, Uq = q._ste
+    z = np.array([6.9, 7.4, 7.6, -7.49, -7.51, 100.0], np.float32)          # n = 7
+    V = np.zeros_like(V)
+    V[0, 0, :6] = z / mult_v[0, 0]
+    q._ste = (U, V, omega, s_u, mult_v, extra, Uq)
+    np.testing.assert_array_equal(q.ste_mask()[0, 0, :6], [True, True, False, True, False, False])
+
+
+def test_dynamic_bqw_needs_calibrated_ranges_for_its_balance():
+    layer, bottoms, tops = qconv(bits=8, mode="dynamic", balance=True)
+    with pytest.raises(ConfigError, match="not calibrated"):
+        layer.forward(bottoms, tops)
+    _calibrate(layer, bottoms, tops)
+    layer.forward(bottoms, tops)
+    assert not np.all(layer.buffers["quant_balance"] == 1)
+
+
+def test_range_tracking_running_mean_then_moving_average_and_calibration_restarts():
+    from wincaffe.quantized_stage import RANGE_BATCHES
+    layer, bottoms, tops = qconv(bits=8, mode="static")
+    q = layer.quant
+    q._observe(np.full((q.P, q.C), 2.0, np.float32))
+    q._observe(np.full((q.P, q.C), 4.0, np.float32))
+    np.testing.assert_allclose(layer.buffers["quant_range_v"], 3.0)           # mean of the first batches
+    for _ in range(RANGE_BATCHES):
+        q._observe(np.full((q.P, q.C), 3.0, np.float32))
+    q._observe(np.full((q.P, q.C), 3.0 + RANGE_BATCHES, np.float32))
+    np.testing.assert_allclose(layer.buffers["quant_range_v"], 4.0, rtol=1e-5)   # then weight 1/RANGE_BATCHES
+    from wincaffe.quantization import calibrate
+
+    class OneLayerNet:
+        layers = [layer]
+
+        def forward(self):
+            layer.forward(bottoms, tops)
+    bottoms[0].data[...] = 0.01
+    calibrate(OneLayerNet(), 1)                     # starts over: only this batch counts
+    assert layer.buffers["quant_batches"][0] == 1
+    assert layer.buffers["quant_range_v"].max() < 1
+
+
+def test_derived_buffers_and_the_weight_cache_follow_the_weights():
+    layer, bottoms, tops = qconv(bits=6, scales="tile", balance=True, weights="winograd")
+    _calibrate(layer, bottoms, tops)
+    layer.forward(bottoms, tops)
+    omega, s_u, s_v = layer.quant.derive(layer._compute_U())
+    np.testing.assert_array_equal(layer.buffers["quant_balance"], omega)
+    np.testing.assert_array_equal(layer.buffers["quant_scale_u"], s_u)
+    np.testing.assert_array_equal(layer.buffers["quant_scale_v"], s_v)
+    y0 = tops[0].data.copy()
+    Q = layer.params[0].data
+    small = np.abs(Q) < 0.5 * np.abs(Q).max(axis=0, keepdims=True)    # below each (c, ξ)'s max over k:
+    Q[small] *= 0.5                                                     # Ω and s_u stay, U changes
+    omega2, s_u2, _ = layer.quant.derive(layer._compute_U())
+    np.testing.assert_array_equal(omega2, omega)
+    np.testing.assert_array_equal(s_u2, s_u)
+    layer.forward(bottoms, tops)
+    assert not np.allclose(tops[0].data, y0)
+    np.testing.assert_allclose(tops[0].data, _reference_layer_output(layer, bottoms, "static"), rtol=1e-5, atol=1e-6)
+
+
+def test_quantizer_rounds_half_to_even_and_zero_ranges_scale_one():
+    np.testing.assert_array_equal(qz.quantize([0.5, 1.5, 2.5, -0.5, -1.5], 1, 8), [0, 2, 2, 0, -2])
+    np.testing.assert_array_equal(qz.scales(np.zeros((2, 3)), 8, "tile"), [1, 1])
+    np.testing.assert_array_equal(qz.scales([[0.0, 2.0], [0.5, 0.0]], 8, "tensor"), [63.5, 63.5])
+
+
+def test_default_path_is_the_best_and_kernel_arguments_are_checked(monkeypatch):
+    monkeypatch.delenv("WINCAFFE_QUANT_PATH", raising=False)
+    assert qk.kernels().SIMD == PATHS[0]
+    for path in PATHS:
+        mod = qk.kernels(path)
+        V = np.zeros((2, 3, 5), np.float32)
+        s = np.ones((2, 3), np.float32)
+        pv = qk.packed_inputs_buffer(2, 3, 5, mod)
+        with pytest.raises(ValueError, match="clip level 128"):
+            mod.pack_inputs(V, s, None, 128, pv)
+        with pytest.raises(ValueError, match="extra .* does not fit"):
+            mod.pack_inputs(V, s, np.ones((2, 4), np.float32), 127, pv)
+        with pytest.raises(ValueError, match="out .* does not fit"):
+            mod.pack_inputs(V, s, None, 127, np.empty((2, pv.shape[1], pv.shape[2] + 1), np.uint32))
+        words, usum = qk.pack_weights(np.ones((2, 4, 3), np.int32), mod)
+        with pytest.raises(ValueError, match="usum must be"):
+            mod.products(words, pv, usum[:, :1].copy(), np.ones(2, np.float32), 4, 5,
+                         outi=np.empty((2, 4, 5), np.int32))
+        big = np.empty((1, 4, -(-70000 // mod.GROUP)), np.uint32)
+        with pytest.raises(ValueError, match="overflow"):
+            mod.products(big, np.empty((1, big.shape[2], mod.COLS), np.uint32), np.zeros((1, 4), np.int32),
+                         np.ones(1, np.float32), 4, 1, outi=np.empty((1, 4, 1), np.int32))
+    with pytest.raises(ValueError, match="integers in \\[-127, 127\\]"):
+        qk.pack_weights(np.full((1, 1, 1), 200), qk.kernels("baseline"))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_non_finite_inputs_quantize_alike_on_every_path(path):
+    mod = qk.kernels(path)
+    V = np.tile(np.array([np.nan, 1.0, np.inf, -np.inf], np.float32), 10)[None, None]
+    _, out = _pack_and_multiply(mod, np.ones((1, 1, 1), np.float32), V, np.ones((1, 1), np.float32),
+                                np.ones((1, 1), np.float32), None, 8)
+    np.testing.assert_array_equal(out[0, 0], np.tile([0, 1, 127, -127], 10))
+    r = np.empty((1, 1), np.float32)
+    mod.row_absmax(V, r)
+    assert r[0, 0] == 1                              # ranges leave NaN and inf out
+
+
 # ----- files and the command line --------------------------------------------------------------------
 
 NET = """
@@ -386,24 +535,47 @@ def test_quantize_command_writes_a_net_that_test_reproduces_and_train_continues(
     solver.write_text(textwrap.dedent(SOLVER).replace("net: net.yaml", f"net: {qyaml}").replace("max_iter: 40", "max_iter: 5"))
     assert main(["train", "--solver", str(solver), "--weights", qnpz, "--output", str(tmp_path / "qat"),
                  "--no-progress"]) == 0
-    assert "accuracy = " in capsys.readouterr().out
+    trained = capsys.readouterr().out
+    assert "accuracy = " in trained
+    snap = str(tmp_path / "qat" / "qtiny_iter_5.npz")          # a QAT snapshot loads and tests again
+    assert main(["test", "--model", qyaml, "--weights", snap, "--iterations", "3"]) == 0
+    assert trained.split("accuracy = ")[1][:6] in capsys.readouterr().out
 
 
-def test_tampered_integer_weights_are_refused(qtiny, tmp_path):
+def test_damaged_calibration_state_is_refused_and_derived_integers_are_recomputed(qtiny, tmp_path):
     from wincaffe import quantization
-    from wincaffe.snapshot import load_npz, save_npz
+    from wincaffe.layer import TEST
+    from wincaffe.net import Net
+    from wincaffe.snapshot import load_npz, load_weights, save_npz
     net, weights = qtiny
     report = quantization.run(net, weights, bits=8, calib_batches=2, test_iterations=2,
                               output=str(tmp_path / "q8.npz"))
-    arrays = dict(load_npz(report["written"]["weights"]))
+    good = dict(load_npz(report["written"]["weights"]))
+    for key, value, match in [("buffer/conv2/quant_range_v", np.nan, "must be finite and >= 0"),
+                              ("buffer/conv2/quant_range_v", -1.0, "must be finite and >= 0"),
+                              ("buffer/conv1/quant_batches", -3.0, "whole number >= 0")]:
+        arrays = dict(good)
+        arrays[key] = np.full_like(arrays[key], value)
+        save_npz(str(tmp_path / "bad.npz"), arrays)
+        with pytest.raises(SnapshotError, match=match):
+            load_weights(Net(report["written"]["model"], TEST), str(tmp_path / "bad.npz"))
+    arrays = dict(good)                      # edited integers do not run: they follow from W
     arrays["buffer/conv2/quant_weights"] = arrays["buffer/conv2/quant_weights"] + 1
-    save_npz(str(tmp_path / "bad.npz"), arrays)
-    from wincaffe.layer import TEST
-    from wincaffe.net import Net
-    from wincaffe.snapshot import load_weights
+    save_npz(str(tmp_path / "edited.npz"), arrays)
     qnet = Net(report["written"]["model"], TEST)
-    with pytest.raises(SnapshotError, match="conv2.*integer weights .* are not what"):
-        load_weights(qnet, str(tmp_path / "bad.npz"))
+    load_weights(qnet, str(tmp_path / "edited.npz"))
+    assert qnet.evaluate(2, rewind=True)["accuracy"] == pytest.approx(report["qw"])
+    np.testing.assert_array_equal(qnet.layers[[l.name for l in qnet.layers].index("conv2")].buffers["quant_weights"],
+                                  good["buffer/conv2/quant_weights"])
+
+
+def test_requantizing_a_quantized_net_reports_the_float_twin(qtiny, tmp_path):
+    from wincaffe import quantization
+    net, weights = qtiny
+    first = quantization.run(net, weights, bits=8, calib_batches=2, test_iterations=2, output=str(tmp_path / "a.npz"))
+    again = quantization.run(first["written"]["model"], first["written"]["weights"], bits=4, calib_batches=2,
+                             test_iterations=2)
+    assert again["float"] == first["float"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -411,6 +583,8 @@ def test_tampered_integer_weights_are_refused(qtiny, tmp_path):
     (["--layers", "ip"], "layer 'ip' (InnerProduct) cannot run quantized"),
     (["--layers", "conv7"], "no layer named conv7"),
     (["--calib-batches", "0"], "--calib-batches: must be >= 1"),
+    (["--layers", ""], "--layers: give at least one layer name"),
+    (["--output", "somewhere/"], "--output: needs a file name"),
 ])
 def test_bad_quantize_arguments_are_one_line(qtiny, capsys, args, message):
     from wincaffe.cli import main

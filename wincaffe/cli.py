@@ -185,13 +185,22 @@ def cmd_mults(args):
     return 0
 
 
+def _quant_layers(text):
+    if text is None:
+        return None
+    names = _names(text)
+    if not names:
+        raise WincaffeError("--layers: give at least one layer name")
+    return names
+
+
 def cmd_quantize(args):
     from wincaffe import quantization
     from wincaffe.report import Column, format_table
     report = quantization.run(args.model, args.weights, bits=args.bits, scales=args.scales, mode=args.mode,
                               balance=args.balance, calib_batches=args.calib_batches,
                               test_iterations=args.test_iterations,
-                              layers=_names(args.layers) if args.layers else None, output=args.output,
+                              layers=_quant_layers(args.layers), output=args.output,
                               dtype=_dtype(args.dtype), progress=not args.no_progress and sys.stderr.isatty())
     if args.json:
         import json

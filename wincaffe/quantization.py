@@ -112,12 +112,17 @@ def run(model, weights, *, bits=8, scales="tile", mode="static", balance=False, 
     if calib_batches < 1:
         raise ConfigError(f"must be >= 1, got {calib_batches}", field="--calib-batches")
     if output:      # before any long work: an unwritable output fails now
+        if not os.path.splitext(os.path.basename(os.fspath(output)))[0]:
+            raise ConfigError(f"needs a file name (FILE.npz), got {output!r}", field="--output")
         ensure_writable_dir(os.path.dirname(os.fspath(output)) or ".")
     raw = read_yaml(model)
     for variant in VARIANTS:      # bad settings or layers: one error now, not after the float test
         mapping, _ = quantized_net_mapping(raw, _settings(bits, scales, mode, variant), layers)
         load_net_spec(mapping)
-    float_net = Net(model, TEST, dtype=dtype)
+    float_mapping, _ = quantized_net_mapping(raw, {"bits": 0})   # the float twin of a quantized model
+    float_spec = load_net_spec(float_mapping)
+    float_spec["source"] = os.fspath(model)
+    float_net = Net(float_spec, TEST, dtype=dtype)
     load_weights(float_net, weights, strict=True)
     iters = test_iterations or float_net.epoch_length()
     if not iters:

@@ -15,8 +15,10 @@ TEST net):
     quant_range_v (P, C)   calibrated range of |V[ξ, c]|: the mean of per-batch maxima
                            over the first RANGE_BATCHES batches, a moving average after
     quant_batches (1,)     how many batches made it
-Derived from the weights and that state at every weight change, and written beside it
-so that a weights file shows what the integer net computes:
+Derived from the weights and that state at every forward pass, and written beside it
+so that a weights file shows what the integer net computes (the integers of its last
+forward: a training snapshot's are one update old; loading recomputes them from the
+float weights, so they never disagree with what runs):
     quant_weights (K, C, α, α)  the integers Ũ (exact in float)
     quant_scale_u (P,), quant_scale_v (P,)   s_u, s_v (tile-wise; per tensor: all equal;
                            s_v is the static scale, dynamic mode recomputes it per batch)
@@ -52,6 +54,9 @@ class QuantizedStage:
         self.mode, self.fused = settings.mode, bool(settings.fuse_balance)
         self.P, self.K, self.C, self.alpha = P, K, C, alpha
         self.kernels = qk.kernels() if self.bits <= INT_KERNEL_MAX_BITS else None
+        if self.kernels is not None and C * 255 * 127 >= 2**31:
+            raise layer.error(f"{C} input channels could overflow the int32 sums (at most "
+                              f"{(2**31 - 1) // (255 * 127)})", field="winograd_param.quantize.bits")
         layer.add_buffer("quant_range_v", np.zeros((P, C)))
         layer.add_buffer("quant_batches", np.zeros(1))
         layer.add_buffer("quant_weights", np.zeros((K, C, alpha, alpha)))
@@ -89,7 +94,8 @@ class QuantizedStage:
         if V.dtype == np.float32 and self.kernels is not None and V.flags.c_contiguous:
             self.kernels.row_absmax(V, out)
         else:
-            out[...] = np.abs(V).max(axis=2, initial=0)
+            a = np.abs(V)
+            out[...] = np.where(np.isfinite(a), a, 0).max(axis=2, initial=0)   # as row_absmax
         return out
 
     def _observe(self, batch_ranges):
@@ -142,7 +148,7 @@ class QuantizedStage:
         if self._need_ranges() and not self.calibrated:
             raise self.layer.error(
                 "quantized with static scales or balancing, but not calibrated: run "
-                "`wincaffe quantize` (or train: ranges are tracked in training)",
+                "`wincaffe quantize` first (quantization-aware training starts from the file it writes)",
                 field="winograd_param.quantize")
         U = np.ascontiguousarray(U, np.float32)
         omega, s_u, s_v = self.derive(U)
@@ -199,24 +205,22 @@ class QuantizedStage:
             zv = zv * extra[:, :, None]
         return zv < self.n + 0.5
 
+    def input_positive(self):
+        """After a training forward: V > 0 of the input before quantization (the
+        Winograd-ReLU's derivative: rounding is the identity for the STE)."""
+        return self._ste[1] > 0
+
     @property
     def has_training_state(self):
         return self._ste is not None
 
     # ----- files -----------------------------------------------------------------------------
-    def check_consistent(self, U):
-        """After loading: the derived buffers in a file must be what this state and these
-        weights give (a file written with other settings is refused)."""
-        if not self.calibrated and self._need_ranges():
-            return None
-        if not np.any(self._buf("quant_weights")):
-            return None            # a file without derived values: nothing to check
-        omega, s_u, s_v = self.derive(np.ascontiguousarray(U, np.float32))
-        Uq = qz.quantize(U, (s_u[:, None] * omega)[:, None, :], self.bits)
-        a = self.alpha
-        expect = Uq.reshape(a * a, -1).T.reshape(self._buf("quant_weights").shape)
-        if not np.array_equal(expect, self._buf("quant_weights")):
-            return ("its integer weights (quant_weights) are not what its float weights and ranges give "
-                    f"at {self.bits} bits, {self.kind} scales, balance {self.balanced}: written with other "
-                    "quantization settings?")
+    def check_loaded(self):
+        """After loading: the calibration state must be usable (finite ranges >= 0, a batch
+        count >= 0); returns the problem or None."""
+        rv, cnt = self._buf("quant_range_v"), self._buf("quant_batches")
+        if not np.all(np.isfinite(rv)) or np.any(rv < 0):
+            return "its calibrated ranges (quant_range_v) must be finite and >= 0"
+        if not (np.isfinite(cnt[0]) and cnt[0] >= 0 and cnt[0] == int(cnt[0])):
+            return f"its calibration batch count (quant_batches) must be a whole number >= 0, got {cnt[0]}"
         return None

@@ -14,17 +14,19 @@ ones: at inference once, in retraining once per update); ``builds`` and ``refill
 count them.
 
 Whether to go sparse (``setting``): ``on``, ``off``, or ``auto``: sparse when the mask's
-density is at most ``BREAK_EVEN``, the density below which our kernel beat the dense
-GEMMs in ``benchmarks/bench_sparse.py`` (see the README), so that a layer never pays for
-a sparse path that loses. Without a mask a layer is dense.
+density is at most the layer's break-even (``BREAK_EVEN`` for WinogradConv,
+``FFT_BREAK_EVEN`` for FFTConv), the density below which the sparse path beat the dense
+one in ``benchmarks/bench_sparse.py`` (see the README), so that a layer never pays for a
+sparse path that loses. Without a mask a layer is dense.
 """
 import numpy as np
 
 from wincaffe._kernels import sparse as sk
 
 SETTINGS = ("auto", "on", "off")
-# Measured break-even density of the product stage (benchmarks/bench_sparse.py, one thread).
-BREAK_EVEN = 0.3
+# Measured break-even densities (benchmarks/bench_sparse.py, one thread; README "Sparse execution").
+BREAK_EVEN = 0.3         # WinogradConv, whole-layer forward
+FFT_BREAK_EVEN = 0.0     # FFTConv: at LeNet's sizes the layout changes cost more than they save
 
 
 def sparse_setting(layer, value, field):

@@ -33,6 +33,10 @@ def pack_weights(Uq, mod):
     """Packed Ũ for ``mod.products``: ``Uq`` (P, K, C) integers in [−127, 127] →
     (words (P, Kp, G) uint32, usum (P, Kp) int32), rows padded with zeros to a multiple
     of ``mod.ROWS`` and channels to G·``mod.GROUP``; usum[p, k] = Σ_c Ũ[p, k, c]."""
+    Uq = np.asarray(Uq)
+    if Uq.dtype.kind not in "iu" or (Uq.size and np.abs(Uq).max() > 127):
+        raise ValueError(f"pack_weights: needs integers in [-127, 127], got {Uq.dtype} "
+                         f"up to {np.abs(Uq).max() if Uq.size else 0}")
     P, K, C = Uq.shape
     Kp, G = _ceil_to(K, mod.ROWS), -(-C // mod.GROUP)
     dtype = np.int8 if mod.GROUP == 4 else np.int16

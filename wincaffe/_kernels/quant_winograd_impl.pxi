@@ -34,8 +34,10 @@ cdef extern from *:
     #define QW_CHUNK 256          /* columns per cache block (a multiple of QW_COLS) */
 
     /* z -> clip(round_half_even(z), -n, n) as an int; clipping first keeps the conversion
-       in range, and round(clip(z)) == clip(round(z)) for an integer n. */
+       in range, and round(clip(z)) == clip(round(z)) for an integer n. NaN -> 0 (every
+       path alike). */
     static inline int32_t qw_round(float z, float n) {
+        if (z != z) return 0;
         z = z > n ? n : (z < -n ? -n : z);
         return (int32_t)nearbyintf(z);
     }
@@ -56,6 +58,7 @@ cdef extern from *:
             for (t = 0; t < cnt; t++) {
                 __m512 z = _mm512_mul_ps(_mm512_loadu_ps(base + t * stride + j), _mm512_set1_ps(s[t]));
                 if (e) z = _mm512_mul_ps(z, _mm512_set1_ps(e[t]));
+                z = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, z, _CMP_ORD_Q), z);     /* NaN -> 0 */
                 z = _mm512_min_ps(_mm512_max_ps(z, vmn), vn);
                 __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(z), off);
                 w = _mm512_andnot_si512(_mm512_slli_epi32(bytemask, 8 * t), w);
@@ -71,6 +74,7 @@ cdef extern from *:
             for (t = 0; t < cnt; t++) {
                 __m256 z = _mm256_mul_ps(_mm256_loadu_ps(base + t * stride + j), _mm256_set1_ps(s[t]));
                 if (e) z = _mm256_mul_ps(z, _mm256_set1_ps(e[t]));
+                z = _mm256_and_ps(z, _mm256_cmp_ps(z, z, _CMP_ORD_Q));                 /* NaN -> 0 */
                 z = _mm256_min_ps(_mm256_max_ps(z, vmn), vn);
                 __m256i q = _mm256_cvtps_epi32(z);
                 w = _mm256_or_si256(w, _mm256_slli_epi32(_mm256_and_si256(q, lo), 16 * t));
@@ -238,15 +242,15 @@ def pack_inputs(const float[:, :, ::1] V, const float[:, ::1] scale, extra, int 
     cdef const float[:, ::1] e
     cdef const float* ep = NULL
     if scale.shape[0] != P or scale.shape[1] != C:
-        raise ValueError(f"pack_inputs: scale {tuple(scale.shape)} does not fit V {(P, C, NT)}")
+        raise ValueError(f"pack_inputs: scale {np.asarray(scale).shape} does not fit V {(P, C, NT)}")
     if out.shape[0] != P or G != (C + GROUP - 1) // GROUP or NTp < NT or NTp % COLS:
-        raise ValueError(f"pack_inputs: out {tuple(out.shape)} does not fit V {(P, C, NT)}")
-    if not 1 <= n <= 127:
+        raise ValueError(f"pack_inputs: out {np.asarray(out).shape} does not fit V {(P, C, NT)}")
+    if not 1 <= n <= 127 or (GROUP == 4 and n > 127):
         raise ValueError(f"pack_inputs: clip level {n} is not in 1..127 (8 bits at most)")
     if extra is not None:
         e = extra
         if e.shape[0] != P or e.shape[1] != C:
-            raise ValueError(f"pack_inputs: extra {tuple(e.shape)} does not fit V {(P, C, NT)}")
+            raise ValueError(f"pack_inputs: extra {np.asarray(e).shape} does not fit V {(P, C, NT)}")
         ep = &e[0, 0]
     cdef Py_ssize_t item, p, g, c0, cnt
     cdef int nt = _threads(num_threads)
@@ -270,7 +274,7 @@ def products(const unsigned int[:, :, ::1] U, const unsigned int[:, :, ::1] V,
     themselves into ``outi`` (P, K, NT)."""
     cdef Py_ssize_t P = U.shape[0], Kp = U.shape[1], G = U.shape[2], NTp = V.shape[2]
     if V.shape[0] != P or V.shape[1] != G or Kp < K or Kp % ROWS or NTp < NT or NTp % COLS:
-        raise ValueError(f"products: packed U {tuple(U.shape)} and V {tuple(V.shape)} do not fit K={K}, NT={NT}")
+        raise ValueError(f"products: packed U {np.asarray(U).shape} and V {np.asarray(V).shape} do not fit K={K}, NT={NT}")
     if usum.shape[0] != P or usum.shape[1] != Kp or deq.shape[0] != P:
         raise ValueError("products: usum must be (P, Kp) and deq (P,)")
     if G * GROUP * 255 * 127 >= 2**31:
@@ -302,10 +306,11 @@ def products(const unsigned int[:, :, ::1] U, const unsigned int[:, :, ::1] V,
 
 
 def row_absmax(const float[:, :, ::1] V, float[:, ::1] out, int num_threads=0):
-    """out[p, c] = max_j |V[p, c, j]| (the per-channel ranges of the transformed input)."""
+    """out[p, c] = max_j |V[p, c, j]| over the finite entries (the per-channel ranges of the
+    transformed input; NaN and ±inf are left out, as they quantize to 0 and ±n)."""
     cdef Py_ssize_t P = V.shape[0], C = V.shape[1], NT = V.shape[2]
     if out.shape[0] != P or out.shape[1] != C:
-        raise ValueError(f"row_absmax: out {tuple(out.shape)} is not {(P, C)}")
+        raise ValueError(f"row_absmax: out {np.asarray(out).shape} is not {(P, C)}")
     cdef Py_ssize_t item, j
     cdef float mx, a
     cdef const float* row
@@ -315,5 +320,5 @@ def row_absmax(const float[:, :, ::1] V, float[:, ::1] out, int num_threads=0):
         mx = 0
         for j in range(NT):
             a = row[j] if row[j] >= 0 else -row[j]
-            mx = a if a > mx else mx
+            mx = a if (a > mx and a <= 3.4028234663852886e38) else mx
         out[item // C, item % C] = mx

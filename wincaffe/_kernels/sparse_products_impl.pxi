@@ -6,6 +6,8 @@ from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 
+import numpy as np
+
 cdef extern from *:
     """
     #include <stddef.h>
@@ -154,7 +156,7 @@ def spmm(const int64_t[::1] rowptr, const int32_t[::1] cols, const real[::1] val
     OpenMP over (p, block of SP_CHUNK columns); each nonzero adds a scaled row of X."""
     cdef Py_ssize_t P = X.shape[0], Q = X.shape[1], n = X.shape[2], R = out.shape[1]
     if out.shape[0] != P or out.shape[2] != n or rowptr.shape[0] != P * R + 1:
-        raise ValueError(f"spmm: CSR of {rowptr.shape[0] - 1} rows, X {tuple(X.shape)}, out {tuple(out.shape)} "
+        raise ValueError(f"spmm: CSR of {rowptr.shape[0] - 1} rows, X {np.asarray(X).shape}, out {np.asarray(out).shape} "
                          f"do not fit")
     if rowptr[P * R] > vals.shape[0] or rowptr[P * R] > cols.shape[0]:
         raise ValueError("spmm: rowptr points past the values")
@@ -187,7 +189,7 @@ def sampled_dot(const int64_t[::1] rowptr, const int32_t[::1] cols, const real[:
     B (P, Q, n). OpenMP over p."""
     cdef Py_ssize_t P = A.shape[0], R = A.shape[1], n = A.shape[2]
     if B.shape[0] != P or B.shape[2] != n or rowptr.shape[0] != P * R + 1:
-        raise ValueError(f"sampled_dot: CSR of {rowptr.shape[0] - 1} rows, A {tuple(A.shape)}, B {tuple(B.shape)} "
+        raise ValueError(f"sampled_dot: CSR of {rowptr.shape[0] - 1} rows, A {np.asarray(A).shape}, B {np.asarray(B).shape} "
                          f"do not fit")
     if rowptr[P * R] > vals.shape[0] or rowptr[P * R] > cols.shape[0]:
         raise ValueError("sampled_dot: rowptr points past the values")
