@@ -25,7 +25,6 @@ NumPy is imported, the BLAS threads.
 import argparse
 import os
 import sys
-import time
 
 
 def _parse():
@@ -49,10 +48,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wincaffe.config import read_yaml  # noqa: E402
-from wincaffe.layer import Blob, layer_types  # noqa: E402
+from wincaffe.layer import layer_types  # noqa: E402
 from wincaffe.net import Net  # noqa: E402
 from wincaffe.testing import make_layer  # noqa: E402
 from torch_reference import conv2d_closures  # noqa: E402  (benchmarks/, beside this script)
+from timing import best_ms as _best_ms  # noqa: E402  (benchmarks/, beside this script)
 
 
 # ----- the NumPy reference: im2col + one matmul ----------------------------------------
@@ -95,16 +95,6 @@ class Im2colConv:
 
 # ----- timing -------------------------------------------------------------------------------
 
-def _best_ms(fn, repeat):
-    """Best wall time of ``repeat`` runs after a warm-up (plans, workspaces): on a
-    shared machine the minimum is the least disturbed estimate."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.min(times))
 
 
 def _layer_times(layer_type, shape, K, k, pad, need_dx, repeat, **blocks):

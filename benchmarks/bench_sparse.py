@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 def _parse():
@@ -44,16 +43,9 @@ import wincaffe  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
 from wincaffe.testing import make_layer  # noqa: E402
+from timing import best_ms  # noqa: E402  (benchmarks/, beside this script)
 
 
-def best_ms(fn, repeat):
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * min(ts)
 
 
 def _mask(shape, density, rng):
@@ -112,9 +104,9 @@ def fft_case(label, shape, K, k, densities, repeat, rows):
                                fft_param={"weights": "spatial_masked", "sparse": mode})
               for mode in ("on", "off")}
     for d in densities:
+        scores = rng.random(layers["on"][0].mask("spectral").shape)
         for mode in ("on", "off"):
             lay = layers[mode][0]
-            scores = rng.random(lay.mask("spectral").shape) if mode == "on" else scores
             lay.set_mask("spectral", magnitude_mask(scores, 1 - d, partner=lay.prune_partners("spectral")))
         lay, bottoms, tops = layers["on"]
         lay.forward(bottoms, tops)

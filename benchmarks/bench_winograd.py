@@ -24,7 +24,6 @@ OpenMP kernels get in each other's way when both use 2 threads; ``--threads 2
 import argparse
 import os
 import sys
-import time
 
 
 def _parse():
@@ -55,16 +54,9 @@ from wincaffe._kernels.gemm import BACKEND as GEMM_BACKEND, batched_matmul  # no
 from wincaffe.layer import layer_types  # noqa: E402
 from wincaffe.testing import make_layer  # noqa: E402
 from torch_reference import conv2d_closures  # noqa: E402  (benchmarks/, beside this script)
+from timing import best_ms  # noqa: E402  (benchmarks/, beside this script)
 
 
-def best_ms(fn, repeat):
-    fn()  # warm up (workspaces, caches)
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * min(ts)
 
 
 class NumpyIm2colConv:

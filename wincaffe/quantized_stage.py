@@ -64,7 +64,7 @@ class QuantizedStage:
         layer.add_buffer("quant_scale_v", np.ones(P))
         layer.add_buffer("quant_balance", np.ones((P, C)))
         self.calibrating = False
-        self._packed = None        # (U copy, omega, s_u, Uq, packed words, usum)
+        self._packed = None        # (U copy, ranges copy, Ω, s_u, s_v, Ũ, packed words, usum)
         self._ste = None
 
     @property
@@ -118,19 +118,22 @@ class QuantizedStage:
         s_v = qz.scales(rv / omega, self.bits, self.kind)
         return omega, s_u, s_v
 
-    def _weights(self, U, omega, s_u):
-        """Ũ and its packed form, cached until U, Ω or s_u change."""
+    def _weights(self, U):
+        """(Ω, s_u, static s_v, Ũ, packed words, usum) for U: derived again only when U or
+        the calibrated ranges changed since the last call (at inference: once)."""
         c = self._packed
-        if c is not None and np.array_equal(c[0], U) and np.array_equal(c[1], omega) and np.array_equal(c[2], s_u):
-            return c[3], c[4], c[5]
+        rv = self._buf("quant_range_v")
+        if c is not None and np.array_equal(c[1], rv) and np.array_equal(c[0], U):
+            return c[2:]
+        omega, s_u, s_v = self.derive(U)
         Uq = qz.quantize(U, (s_u[:, None] * omega)[:, None, :], self.bits)
         words = usum = None
         if self.kernels is not None:
             words, usum = qk.pack_weights(Uq, self.kernels)
-        self._packed = (U.copy(), omega.copy(), s_u.copy(), Uq, words, usum)
+        self._packed = (U.copy(), rv.copy(), omega, s_u, s_v, Uq, words, usum)
         a = self.alpha
         self._buf("quant_weights")[...] = Uq.reshape(a * a, -1).T.reshape(self._buf("quant_weights").shape)
-        return Uq, words, usum
+        return self._packed[2:]
 
     def _need_ranges(self):
         return self.mode == "static" or self.balanced
@@ -151,10 +154,9 @@ class QuantizedStage:
                 "`wincaffe quantize` first (quantization-aware training starts from the file it writes)",
                 field="winograd_param.quantize")
         U = np.ascontiguousarray(U, np.float32)
-        omega, s_u, s_v = self.derive(U)
+        omega, s_u, s_v, Uq, words, usum = self._weights(U)
         if self.mode == "dynamic":
             s_v = qz.scales(batch_r / omega, self.bits, self.kind)
-        Uq, words, usum = self._weights(U, omega, s_u)
         self._buf("quant_scale_u")[...] = s_u
         self._buf("quant_balance")[...] = omega
         if self.mode == "static":
@@ -169,7 +171,7 @@ class QuantizedStage:
         V32 = np.ascontiguousarray(V, np.float32)
         K, NT = U.shape[1], V.shape[2]
         if self.kernels is not None:
-            pv = self.layer.workspace("quant_v", qk.packed_inputs_buffer(*V.shape, self.kernels).shape, np.uint32)
+            pv = self.layer.workspace("quant_v", qk.packed_inputs_shape(*V.shape, self.kernels), np.uint32)
             self.kernels.pack_inputs(V32, mult_v, extra, self.n, pv)
             out = M if M.dtype == np.float32 else np.empty(M.shape, np.float32)
             self.kernels.products(words, pv, usum, deq, K, NT, outf=out)

@@ -48,6 +48,11 @@ def pack_weights(Uq, mod):
     return np.ascontiguousarray(words), usum
 
 
+def packed_inputs_shape(P, C, NT, mod):
+    """(P, G, NTp): the shape of the packed inputs ``mod.pack_inputs`` writes."""
+    return (P, -(-C // mod.GROUP), _ceil_to(NT, mod.COLS))
+
+
 def packed_inputs_buffer(P, C, NT, mod):
     """An uninitialised (P, G, NTp) uint32 array for ``mod.pack_inputs``."""
-    return np.empty((P, -(-C // mod.GROUP), _ceil_to(NT, mod.COLS)), np.uint32)
+    return np.empty(packed_inputs_shape(P, C, NT, mod), np.uint32)

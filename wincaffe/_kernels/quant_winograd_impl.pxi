@@ -42,6 +42,38 @@ cdef extern from *:
         return (int32_t)nearbyintf(z);
     }
 
+    /* max |row[j]| over the finite entries (NaN and +-inf count as 0); branch-free, so
+       the compiler vectorizes it. */
+    #if defined(__AVX512F__)
+    #  define QW_VB 64         /* the build's vector bytes */
+    #elif defined(__AVX2__)
+    #  define QW_VB 32
+    #else
+    #  define QW_VB 16
+    #endif
+    #define QW_VL (QW_VB / 4)
+    typedef float qw_v16 __attribute__((vector_size(QW_VB), aligned(4), may_alias));
+    typedef int32_t qw_i16 __attribute__((vector_size(QW_VB), aligned(4), may_alias));
+    static float qw_absmax(const float* row, ptrdiff_t n) {
+        /* the reduction in QW_VL explicit lanes (a float max reduction is not vectorized
+           without -ffast-math), then across the lanes */
+        qw_v16 m = {0};
+        ptrdiff_t j = 0;
+        int t;
+        for (; j + QW_VL <= n; j += QW_VL) {
+            qw_v16 a = (qw_v16)(*(const qw_i16*)(row + j) & 0x7fffffff);   /* |x|; NaN stays NaN */
+            qw_i16 ok = (a <= 3.4028234663852886e38f) & (a > m);          /* false for NaN, inf */
+            m = (qw_v16)(((qw_i16)a & ok) | ((qw_i16)m & ~ok));
+        }
+        float mx = 0.0f;
+        for (t = 0; t < QW_VL; t++) mx = m[t] > mx ? m[t] : mx;
+        for (; j < n; j++) {
+            float a = fabsf(row[j]);
+            if (a <= 3.4028234663852886e38f && a > mx) mx = a;
+        }
+        return mx;
+    }
+
     /* Pack one group of QW_GROUP channel rows (row t at base + t * stride, t < cnt; missing
        rows read as 0) of NT floats into 32-bit words: word j holds channel t of column j in byte (u8x4,
        value + 128) or half-word (s16x2) t. z = row[j] * s[t] (* e[t] when e). Columns
@@ -215,6 +247,7 @@ cdef extern from *:
     const char* QW_SIMD
     void qw_pack_group(const float* base, Py_ssize_t stride, const float* s, const float* e, int cnt,
                        float n, Py_ssize_t NT, Py_ssize_t NTp, unsigned int* out) noexcept nogil
+    float qw_absmax(const float* row, Py_ssize_t n) noexcept nogil
     void qw_block(const unsigned int* U, const unsigned int* V, const int32_t* usum, float deq,
                   Py_ssize_t K, Py_ssize_t G, Py_ssize_t NT, Py_ssize_t NTp,
                   Py_ssize_t j0, Py_ssize_t j1, float* outf, int32_t* outi) noexcept nogil
@@ -311,14 +344,10 @@ def row_absmax(const float[:, :, ::1] V, float[:, ::1] out, int num_threads=0):
     cdef Py_ssize_t P = V.shape[0], C = V.shape[1], NT = V.shape[2]
     if out.shape[0] != P or out.shape[1] != C:
         raise ValueError(f"row_absmax: out {np.asarray(out).shape} is not {(P, C)}")
-    cdef Py_ssize_t item, j
-    cdef float mx, a
-    cdef const float* row
+    cdef Py_ssize_t item
     cdef int nt = _threads(num_threads)
+    if NT == 0:
+        out[...] = 0
+        return
     for item in prange(P * C, nogil=True, num_threads=nt, schedule="static"):
-        row = &V[item // C, item % C, 0]
-        mx = 0
-        for j in range(NT):
-            a = row[j] if row[j] >= 0 else -row[j]
-            mx = a if (a > mx and a <= 3.4028234663852886e38) else mx
-        out[item // C, item % C] = mx
+        out[item // C, item % C] = qw_absmax(&V[item // C, item % C, 0], NT)

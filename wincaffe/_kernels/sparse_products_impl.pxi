@@ -34,10 +34,11 @@ cdef extern from *:
     typedef double sp_vd __attribute__((vector_size(SP_VB), aligned(8), may_alias));
 
     /* out[r, j0:j1] = sum_{i in row r} vals[i] * X[cols[i], j0:j1] for rows 0..R-1.
-       Strips of 2 vectors (2W columns): the strip of X (its Q rows) is first copied into
-       buf (Q x 2W, contiguous: rows of X a power of two apart would all fall into the same
-       few L1 sets) and stays in L1 while every row of S passes over it; four rows at a time
-       give eight independent FMA chains, each nonzero one broadcast and two loads. */      \
+       The columns j0..j1 of X are first copied, row by row (sequential reads), into buf as
+       strips of 2 vectors (2W columns): strip s is a contiguous Q x 2W block (rows of X a
+       power of two apart would otherwise fall into the same few L1 sets and pages). A
+       strip stays in L1 while every row of S passes over it; four rows at a time give
+       eight independent FMA chains, each nonzero one broadcast and two loads. */           \
     #define SP_DEFINE(T, VT, W, NAME_MM, NAME_DOT)                                               \
     static void NAME_MM(const int64_t* rowptr, const int32_t* cols, const T* vals,               \
                         const T* X, ptrdiff_t ld, ptrdiff_t Q, ptrdiff_t R,                      \
@@ -45,9 +46,15 @@ cdef extern from *:
         ptrdiff_t r, j, q;                                                                       \
         int64_t i, t;                                                                            \
         const ptrdiff_t sw = 2 * W;                                                              \
+        const ptrdiff_t nstrips = (j1 - j0) / sw;                                                \
+        for (q = 0; q < Q; q++) {                                                                \
+            const T* src = X + q * ld + j0;                                                      \
+            ptrdiff_t st;                                                                        \
+            for (st = 0; st < nstrips; st++)                                                     \
+                memcpy(buf + (st * Q + q) * sw, src + st * sw, sizeof(T) * sw);                  \
+        }                                                                                        \
         for (j = j0; j + 2 * W <= j1; j += 2 * W) {                                              \
-            const T* Xj = buf;                                                                   \
-            for (q = 0; q < Q; q++) memcpy(buf + q * sw, X + q * ld + j, sizeof(T) * sw);        \
+            const T* Xj = buf + ((j - j0) / sw) * Q * sw;                                        \
             for (r = 0; r + 4 <= R; r += 4) {                                                    \
                 int64_t b0 = rowptr[r], b1 = rowptr[r + 1], b2 = rowptr[r + 2], b3 = rowptr[r + 3]; \
                 int64_t n0 = b1 - b0, n1 = b2 - b1, n2 = b3 - b2, n3 = rowptr[r + 4] - b3;        \
@@ -166,12 +173,12 @@ def spmm(const int64_t[::1] rowptr, const int32_t[::1] cols, const real[::1] val
     cdef Py_ssize_t item, p, j0, j1
     cdef real* buf
     cdef int nt = _threads(num_threads)
-    cdef size_t buf_bytes = <size_t>(Q if Q > 0 else 1) * 2 * SP_VB
+    cdef size_t buf_bytes = <size_t>(Q if Q > 0 else 1) * SP_CHUNK * sizeof(real)
     for item in prange(P * chunks, nogil=True, num_threads=nt, schedule="dynamic"):
         p = item // chunks
         j0 = (item % chunks) * SP_CHUNK
         j1 = j0 + SP_CHUNK if j0 + SP_CHUNK < n else n
-        buf = <real*>malloc(buf_bytes)      # the packed strip of X (Q x 2 vectors), per work item
+        buf = <real*>malloc(buf_bytes)      # the packed strips of X's columns j0..j1, per work item
         if buf == NULL:
             with gil:
                 raise MemoryError()
