@@ -64,9 +64,12 @@ def winograd_case(label, shape, K, r, pad, tile, densities, repeat, rows):
                                   winograd_param={"tile": tile, "weights": "winograd", "sparse": mode})
     a = layers["on"][0].alpha
     k_mod = sk.kernels()
+    Q0 = layers["on"][0].params[0].data.copy()      # set_mask zeroes Q: start each density from Q0
     for d in densities:
         mask = _mask((K, shape[1], a, a), d, rng)
         for mode in ("on", "off"):
+            layers[mode][0].set_mask("winograd", None)
+            layers[mode][0].params[0].data[...] = Q0
             layers[mode][0].set_mask("winograd", mask)
         lay, bottoms, tops = layers["on"]
         lay.forward(bottoms, tops)
