@@ -229,3 +229,63 @@ def test_fft_gradients_with_the_sparse_forward():
     _prune_spectral(layer, 0.6)
     check_gradients(layer, bottoms, tops, max_checks=30)
     assert layer.execution().startswith("sparse")
+
+
+def test_transposed_layout_is_refilled_after_a_weight_update():
+    """dX uses the transposed CSR: after a weight change it must carry the new values."""
+    outs = []
+    for sparse in ("on", "off"):
+        layer, bottoms, tops = wconv((2, 4, 8, 9), 5, weights="winograd", sparse=sparse)
+        layer.set_mask("winograd", _mask(layer, 0.3, 6))
+        g = np.random.default_rng(8).standard_normal(tops[0].shape)
+        _run(layer, bottoms, tops, g)
+        layer.params[0].data *= 1.5
+        outs.append(_run(layer, bottoms, tops, g)[1])
+    np.testing.assert_allclose(outs[0], outs[1], rtol=2e-4, atol=2e-4)
+
+
+def test_csr_errors_and_environment_path(monkeypatch):
+    k = sk.kernels("baseline")
+    S = np.ones((1, 2, 3), np.float32)
+    X = np.ones((1, 3, 4), np.float32)
+    out = np.empty((1, 2, 4), np.float32)
+    csr = sk.CSR(S)
+    bad_cols = csr.cols.copy()
+    bad_cols[2] = 3
+    with pytest.raises(ValueError, match="column index is outside"):
+        k.spmm(csr.rowptr, bad_cols, csr.vals, X, out)
+    with pytest.raises(ValueError, match="column index is outside"):     # a CSR for Q = 3, X with 2 rows
+        k.spmm(csr.rowptr, csr.cols, csr.vals, np.ones((1, 2, 4), np.float32), out)
+    bad_ptr = csr.rowptr.copy()
+    bad_ptr[1] = 7
+    with pytest.raises(ValueError, match="rowptr must start at 0"):
+        k.spmm(bad_ptr, csr.cols, csr.vals, X, out)
+    with pytest.raises(ValueError, match="rowptr must start at 0"):
+        k.sampled_dot(bad_ptr, csr.cols, out, X, np.empty(csr.nnz, np.float32))
+    monkeypatch.setenv("WINCAFFE_SPARSE_PATH", "baseline")
+    assert sk.kernels().SIMD == "baseline"
+    monkeypatch.setenv("WINCAFFE_SPARSE_PATH", "bogus")
+    layer, bottoms, tops = wconv((1, 3, 6, 6), 2, weights="winograd", sparse="off")   # never sparse: fine
+    layer.forward(bottoms, tops)
+    with pytest.raises(ValueError, match="unknown kernel path"):
+        SparseProducts("on").kernels
+
+
+def test_path_notes_and_the_break_even_boundary():
+    from wincaffe.sparse_stage import sparse_setting
+    layer, bottoms, tops = wconv((1, 1, 8, 8), 3, weights="winograd", sparse="on")     # C = 1: fused dense
+    layer.set_mask("winograd", _mask(layer, 0.3, 1))
+    layer.forward(bottoms, tops)
+    assert layer.execution() == "dense fused"
+    q, qb, qt = make_layer("WinogradConv", [(1, 3, 8, 8)], dtype=np.float32,
+                           convolution_param={"num_output": 2, "kernel_size": 3},
+                           winograd_param={"tile": 2, "weights": "winograd", "sparse": "on",
+                                           "quantize": {"bits": 8, "mode": "dynamic"}})
+    q.forward(qb, qt)
+    assert q.execution().startswith("int8")
+    sp = SparseProducts("auto", break_even=0.25)
+    edge = np.zeros((1, 2, 2), bool)
+    edge[0, 0, 0] = True                               # density exactly 25%: sparse
+    assert sp.decide(edge) is True
+    assert SparseProducts("auto", break_even=None).decide(edge) is False
+    assert sparse_setting(layer, False, "f") == "off" and sparse_setting(layer, True, "f") == "on"

@@ -25,8 +25,8 @@ from wincaffe._kernels import sparse as sk
 
 SETTINGS = ("auto", "on", "off")
 # Measured break-even densities (benchmarks/bench_sparse.py, one thread; README "Sparse execution").
-BREAK_EVEN = 0.3         # WinogradConv, whole-layer forward
-FFT_BREAK_EVEN = 0.0     # FFTConv: at LeNet's sizes the layout changes cost more than they save
+BREAK_EVEN = 0.3         # WinogradConv, whole-layer forward (forward + backward: 27-35%)
+FFT_BREAK_EVEN = None    # FFTConv: never (at LeNet's sizes the layout changes cost more than they save)
 
 
 def sparse_setting(layer, value, field):
@@ -45,7 +45,8 @@ class SparseProducts:
         if setting not in SETTINGS:
             raise ValueError(f"sparse must be one of {SETTINGS}, got {setting!r}")
         self.setting, self.break_even = setting, break_even
-        self.kernels = sk.kernels()
+        self._kernels = None          # resolved on the first sparse pass (a bad WINCAFFE_SPARSE_PATH
+                                      # must not break layers that never go sparse)
         self.builds = self.refills = 0
         self.density = 1.0
         self.active = False
@@ -53,15 +54,21 @@ class SparseProducts:
         self._values = None           # the S they hold
         self._csr = self._csr_t = None
 
+    @property
+    def kernels(self):
+        if self._kernels is None:
+            self._kernels = sk.kernels()
+        return self._kernels
+
     def decide(self, pattern):
         """Choose the path for a mask ``pattern`` (P, R, Q) of 0/1 (None: no mask): sets and
         returns ``active``."""
-        if pattern is None or self.setting == "off":
-            self.density = 1.0 if pattern is None else float(np.count_nonzero(pattern)) / pattern.size
-            self.active = False
+        if pattern is None:
+            self.density, self.active = 1.0, False
             return False
         self.density = float(np.count_nonzero(pattern)) / max(pattern.size, 1)
-        self.active = self.setting == "on" or self.density <= self.break_even
+        self.active = self.setting == "on" or (self.setting == "auto" and self.break_even is not None
+                                               and self.density <= self.break_even)
         return self.active
 
     def describe(self):
@@ -93,6 +100,8 @@ class SparseProducts:
         """After :meth:`forward`: dS (P, R, Q) = (dM @ Xᵀ) at the pattern, zero elsewhere;
         dX (P, Q, n) = Sᵀ @ dM when given."""
         csr, csr_t = self._csr, self._csr_t
+        if csr is None:
+            raise RuntimeError("SparseProducts.backward needs a sparse forward first")
         vals = np.empty(csr.nnz, dM.dtype)
         self.kernels.sampled_dot(csr.rowptr, csr.cols, dM, X, vals)
         flat = dS.reshape(-1)

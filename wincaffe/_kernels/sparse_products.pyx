@@ -7,9 +7,11 @@ per Winograd tile position or FFT frequency), in one CSR of P·R rows.
 
 Use them through :mod:`wincaffe._kernels.sparse`, which picks this baseline build or
 ``sparse_products_avx2`` / ``sparse_products_avx512`` (the same code for those targets).
-The inner loop adds u · X[c, j0:j0+128] into eight vector accumulators per nonzero u = S[r, c]
-(GCC vector extensions: 8 zmm, 16 ymm or 32 xmm registers' worth), so the cost is one
-pass over a 128-column strip of X per nonzero: work ∝ density, no index arithmetic per
-multiply; cache blocks of 512 columns keep the strips of X in L2 across the R rows.
+Each work item (one matrix p, a block of SP_CHUNK columns) first copies its columns of X
+into contiguous strips of two vectors (rows of X a power of two apart would otherwise
+share a few L1 sets); each strip stays in L1 while the rows of S pass over it, four rows
+at a time (eight independent FMA chains; per nonzero u = S[r, c] one broadcast and two
+loads). Work ∝ density plus one pass over X; fully pruned matrices only zero their
+output. The CSR is checked first (rowptr from 0, non-decreasing; columns in range).
 """
 include "sparse_products_impl.pxi"

@@ -5,6 +5,7 @@ cimport openmp
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 import numpy as np
 
@@ -156,6 +157,29 @@ cdef inline int _threads(int num_threads) noexcept nogil:
     return num_threads if num_threads > 0 else openmp.omp_get_max_threads()
 
 
+cdef int _check_csr(const int64_t[::1] rowptr, const int32_t[::1] cols, Py_ssize_t nvals,
+                    Py_ssize_t Q) noexcept nogil:
+    """0 if rowptr starts at 0, never decreases and ends within the values, and every
+    column index is in [0, Q); else 1 (bad rowptr) or 2 (bad column). O(rows + nnz)."""
+    cdef Py_ssize_t r, nrows = rowptr.shape[0] - 1
+    cdef int64_t i, end = rowptr[nrows]
+    if rowptr[0] != 0 or end > nvals or end > cols.shape[0]:
+        return 1
+    for r in range(nrows):
+        if rowptr[r + 1] < rowptr[r]:
+            return 1
+    for i in range(end):
+        if cols[i] < 0 or cols[i] >= Q:
+            return 2
+    return 0
+
+
+def _raise_csr(int code, str name, Py_ssize_t Q):
+    if code == 1:
+        raise ValueError(f"{name}: rowptr must start at 0, never decrease and end within the values")
+    raise ValueError(f"{name}: a column index is outside [0, {Q})")
+
+
 def spmm(const int64_t[::1] rowptr, const int32_t[::1] cols, const real[::1] vals,
          const real[:, :, ::1] X, real[:, :, ::1] out, int num_threads=0):
     """out[p] = S[p] @ X[p] for P sparse matrices S[p] (R, Q) in one CSR of P·R rows
@@ -165,12 +189,13 @@ def spmm(const int64_t[::1] rowptr, const int32_t[::1] cols, const real[::1] val
     if out.shape[0] != P or out.shape[2] != n or rowptr.shape[0] != P * R + 1:
         raise ValueError(f"spmm: CSR of {rowptr.shape[0] - 1} rows, X {np.asarray(X).shape}, out {np.asarray(out).shape} "
                          f"do not fit")
-    if rowptr[P * R] > vals.shape[0] or rowptr[P * R] > cols.shape[0]:
-        raise ValueError("spmm: rowptr points past the values")
+    cdef int bad = _check_csr(rowptr, cols, vals.shape[0], Q)
+    if bad:
+        _raise_csr(bad, "spmm", Q)
     if P == 0 or R == 0 or n == 0:
         return
     cdef Py_ssize_t chunks = (n + SP_CHUNK - 1) // SP_CHUNK
-    cdef Py_ssize_t item, p, j0, j1
+    cdef Py_ssize_t item, p, j0, j1, j
     cdef real* buf
     cdef int nt = _threads(num_threads)
     cdef size_t buf_bytes = <size_t>(Q if Q > 0 else 1) * SP_CHUNK * sizeof(real)
@@ -178,6 +203,10 @@ def spmm(const int64_t[::1] rowptr, const int32_t[::1] cols, const real[::1] val
         p = item // chunks
         j0 = (item % chunks) * SP_CHUNK
         j1 = j0 + SP_CHUNK if j0 + SP_CHUNK < n else n
+        if rowptr[p * R] == rowptr[(p + 1) * R]:       # a fully pruned matrix: zeros, nothing to pack
+            for j in range(R):
+                memset(&out[p, j, j0], 0, (j1 - j0) * sizeof(real))
+            continue
         buf = <real*>malloc(buf_bytes)      # the packed strips of X's columns j0..j1, per work item
         if buf == NULL:
             with gil:
@@ -198,8 +227,9 @@ def sampled_dot(const int64_t[::1] rowptr, const int32_t[::1] cols, const real[:
     if B.shape[0] != P or B.shape[2] != n or rowptr.shape[0] != P * R + 1:
         raise ValueError(f"sampled_dot: CSR of {rowptr.shape[0] - 1} rows, A {np.asarray(A).shape}, B {np.asarray(B).shape} "
                          f"do not fit")
-    if rowptr[P * R] > vals.shape[0] or rowptr[P * R] > cols.shape[0]:
-        raise ValueError("sampled_dot: rowptr points past the values")
+    cdef int bad = _check_csr(rowptr, cols, vals.shape[0], B.shape[1])
+    if bad:
+        _raise_csr(bad, "sampled_dot", B.shape[1])
     if P == 0 or R == 0 or rowptr[P * R] == 0:
         return
     cdef Py_ssize_t p
