@@ -8,7 +8,8 @@ QW times (an i7-7700, plain C) beside ours.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_quant.py --threads 1
 
 ``--path`` forces a kernel path (avx512_vnni, avx2, baseline); ``--json`` prints one JSON
-object per measurement (channels, variant, mode, ms, path).
+object per measurement (channels, variant: qw, bqw, bqw_fused, float32, torch_int8, or
+stage_float32 / stage_int8 for the element-wise stage alone; mode, ms, path).
 """
 import argparse
 import json
@@ -116,6 +117,22 @@ def main(a):
                                ("bqw_fused", {"balance": True, "fuse_balance": True})):
                 lay, bo, to = layer(C, a.size, x, w, b, dict(bits=8, scales="tile", mode=mode, **q))
                 runs[(variant, mode)] = lambda lay=lay, bo=bo, to=to: lay.forward(bo, to)
+        # the element-wise stage alone: float32 GEMMs against int8 packing + integer products
+        from wincaffe._kernels.gemm import batched_matmul
+        f.forward(fb, ft)
+        U, V = f._U, f.V
+        M = np.empty((U.shape[0], U.shape[1], V.shape[2]), np.float32)
+        runs[("stage_float32", "-")] = lambda U=U, V=V, M=M: batched_matmul(U, V, M)
+        ql = layer(C, a.size, x, w, b, dict(bits=8, scales="tile", mode="static"))[0]
+        omega, s_u, s_v, Uq, words, usum = ql.quant._weights(np.ascontiguousarray(U))
+        mult_v = np.ascontiguousarray(s_v[:, None] / omega, np.float32)
+        deq = (1 / (s_u * s_v)).astype(np.float32)
+        pv = qk.packed_inputs_buffer(*V.shape, ql.quant.kernels)
+
+        def int_stage(V=V, M=M, mult_v=mult_v, pv=pv, words=words, usum=usum, deq=deq, K=U.shape[1]):
+            ql.quant.kernels.pack_inputs(V, mult_v, None, 127, pv)
+            ql.quant.kernels.products(words, pv, usum, deq, K, V.shape[2], outf=M)
+        runs[("stage_int8", "-")] = int_stage
         t = torch_int8(x, w, b)
         if t is not None:
             run, torch_name = t
@@ -133,13 +150,15 @@ def main(a):
             continue
         if C == a.channels[0]:
             print(f"{'C=F':>5} | {'float32':>8} | {'QW':>7} {'BQW':>7} {'fused':>7} {'ovh':>6} | "
-                  f"{'dyn QW':>7} {'dyn BQW':>7} {'ovh':>6} | {'f32/QW':>6} | {'theirs QW':>9} {'x':>6}"
+                  f"{'dyn QW':>7} {'dyn BQW':>7} {'ovh':>6} | {'f32/QW':>6} | {'stage f32':>9} {'int8':>6} | "
+                  f"{'theirs QW':>9} {'x':>6}"
                   + (f" | {'torch i8':>8} {'t/QW':>5}" if t is not None else ""))
         qw, bqw, fu = meas[("qw", "static")], meas[("bqw", "static")], meas[("bqw_fused", "static")]
         dq, db = meas[("qw", "dynamic")], meas[("bqw", "dynamic")]
         pub = PUBLISHED.get(C)
         line = (f"{C:>5} | {meas[('float32', '-')]:8.3f} | {qw:7.3f} {bqw:7.3f} {fu:7.3f} {100 * (bqw / qw - 1):5.1f}% | "
                 f"{dq:7.3f} {db:7.3f} {100 * (db / dq - 1):5.1f}% | {meas[('float32', '-')] / qw:5.2f}x | "
+                f"{meas[('stage_float32', '-')]:9.3f} {meas[('stage_int8', '-')]:6.3f} | "
                 + (f"{pub[0]:9d} {pub[0] / qw:5.0f}x" if pub else f"{'-':>9} {'-':>6}"))
         if t is not None:
             ti = meas[("torch_int8", "static")]
@@ -151,7 +170,8 @@ def main(a):
     elif torch_name:
         print(f"torch int8: {torch_name}, quantized conv2d on a quint8 input (per-channel int8 weights)")
     if not a.json:
-        print("ovh: BQW / QW - 1 (their Table A.2: 0.6-5.0%); x: their published static QW time / ours")
+        print("ovh: BQW / QW - 1 (their Table A.2: 0.6-5.0%); x: their published static QW time / ours; "
+              "stage: the element-wise products alone (float32 GEMMs; int8: packing of V + integer products)")
     return 0
 
 

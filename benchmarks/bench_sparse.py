@@ -162,19 +162,24 @@ def _print_rows(rs):
 
 
 def break_even(rows):
-    """Per (case, stage, pass): the highest density at which sparse_ms <= dense_ms, linearly
-    interpolated between the measured densities (1.0 if sparse wins everywhere, 0 if nowhere)."""
+    """Per (case, stage, pass): the density where the sparse path stops winning, scanning
+    up from the lowest density: interpolated between the last density where it won and
+    the first where it lost (so one lucky measurement above a loss does not count); 0 if
+    it loses at the lowest density, the highest density if it never loses."""
     out = {}
     keys = sorted({(r["case"], r["stage"], r["pass_"]) for r in rows if r["stage"] != "net"}, key=str)
     for key in keys:
         pts = sorted((r["density"], r["dense_ms"] / r["sparse_ms"]) for r in rows
                      if (r["case"], r["stage"], r["pass_"]) == key)
-        be = 0.0
-        for (d0, s0), (d1, s1) in zip(pts, pts[1:]):
-            if s0 >= 1 > s1:
-                be = d0 + (s0 - 1) / (s0 - s1) * (d1 - d0)
-        if pts and pts[-1][1] >= 1:
-            be = pts[-1][0]
+        be = pts[-1][0] if pts else 0.0
+        for k, (d, speedup) in enumerate(pts):
+            if speedup < 1:
+                if k == 0:
+                    be = 0.0
+                else:
+                    d0, s0 = pts[k - 1]
+                    be = d0 + (s0 - 1) / (s0 - speedup) * (d - d0)
+                break
         out[key] = be
     return out
 
