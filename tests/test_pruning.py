@@ -3,7 +3,6 @@ schedule, the walk over a net, and ``wincaffe prune`` / ``wincaffe density`` end
 on a small synthetic data set (errors included)."""
 import json
 import os
-import textwrap
 from fractions import Fraction
 
 import numpy as np
@@ -13,14 +12,12 @@ from hypothesis import strategies as st
 
 from wincaffe import pruning
 from wincaffe.cli import main
-from wincaffe.data import DATASETS
 from wincaffe.errors import ConfigError
 from wincaffe.layer import TRAIN
 from wincaffe.net import Net
 from wincaffe.snapshot import load_npz
 from wincaffe.transforms import fft
 
-from test_solver import toy_data
 
 
 # ----- the selection rule ------------------------------------------------------------------
@@ -273,16 +270,11 @@ random_seed: 3
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
+def tiny(train_toy, monkeypatch):
     """A trained tiny net on the toy data: (solver path, weights path)."""
-    monkeypatch.setitem(DATASETS, "toy", toy_data)
     monkeypatch.setenv("WINCAFFE_FFTW_PLANNER", "FFTW_ESTIMATE")
-    monkeypatch.setenv("WINCAFFE_DATA", str(tmp_path / "cache"))
-    (tmp_path / "net.yaml").write_text(textwrap.dedent(NET))
-    (tmp_path / "solver.yaml").write_text(textwrap.dedent(SOLVER))
-    from wincaffe.solver import Solver
-    Solver(str(tmp_path / "solver.yaml"), output_dir=str(tmp_path / "dense"), progress=False).solve()
-    return str(tmp_path / "solver.yaml"), str(tmp_path / "dense" / "tiny_iter_60.npz")
+    d = train_toy(NET, SOLVER)
+    return str(d / "solver.yaml"), str(d / "dense" / "tiny_iter_60.npz")
 
 
 def test_default_targets_are_the_conv_layers_in_their_own_domains(tiny, tmp_path):

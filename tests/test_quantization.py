@@ -499,16 +499,9 @@ random_seed: 3
 
 
 @pytest.fixture
-def qtiny(tmp_path, monkeypatch):
-    from test_solver import toy_data
-    from wincaffe.data import DATASETS
-    from wincaffe.solver import Solver
-    monkeypatch.setitem(DATASETS, "toy", toy_data)
-    monkeypatch.setenv("WINCAFFE_DATA", str(tmp_path / "cache"))
-    (tmp_path / "net.yaml").write_text(textwrap.dedent(NET))
-    (tmp_path / "solver.yaml").write_text(textwrap.dedent(SOLVER))
-    Solver(str(tmp_path / "solver.yaml"), output_dir=str(tmp_path / "dense"), progress=False).solve()
-    return str(tmp_path / "net.yaml"), str(tmp_path / "dense" / "qtiny_iter_40.npz")
+def qtiny(train_toy):
+    d = train_toy(NET, SOLVER)
+    return str(d / "net.yaml"), str(d / "dense" / "qtiny_iter_40.npz")
 
 
 def test_quantize_command_writes_a_net_that_test_reproduces_and_train_continues(qtiny, tmp_path, capsys):
