@@ -7,13 +7,22 @@ import importlib
 import os
 
 
+# NumPy's feature names and the /proc/cpuinfo flags they stand for (the fallback below)
+_LINUX_FLAGS = {"AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
+                "AVX512VL": "avx512vl", "AVX512VNNI": "avx512_vnni"}
+
+
 def cpu_features():
-    """NumPy's view of the CPU's features (``{"AVX2": True, ...}``), or {} if unknown."""
+    """The CPU's features as NumPy names them (``{"AVX2": True, ...}``): NumPy's own view,
+    else the flags of /proc/cpuinfo, else {} (baseline only)."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__
         return __cpu_features__
     except Exception:
-        return {}
+        pass
+    from wincaffe.machine import cpu_flags
+    flags = cpu_flags()
+    return {name: flag in flags for name, flag in _LINUX_FLAGS.items()}
 
 
 class Family:

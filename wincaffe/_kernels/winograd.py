@@ -7,22 +7,12 @@ See winograd_tiles.pyx for what the kernels compute.
 """
 import os
 
+from wincaffe._kernels.dispatch import cpu_features
+
 
 def _cpu_has_avx2_fma():
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as feats
-        return bool(feats.get("AVX2")) and bool(feats.get("FMA3"))
-    except Exception:
-        pass
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = line.split()
-                    return "avx2" in flags and "fma" in flags
-    except OSError:
-        pass
-    return False
+    feats = cpu_features()
+    return bool(feats.get("AVX2")) and bool(feats.get("FMA3"))
 
 
 _mod = None
