@@ -4,8 +4,9 @@ vs PyTorch (when installed) on the same thread count, batch 64, real MNIST batch
     python benchmarks/bench_lenet.py --threads 1
     python benchmarks/bench_lenet.py --threads 1 --net nets/lenet5.yaml nets/lenet5_winograd.yaml
 
-Prints per-phase times, the per-epoch estimate (938 iterations) and, measured in
-this run, the ratios PyTorch / wincaffe (> 1 means wincaffe is faster) and each
+Prints per-phase times, the per-epoch estimate (938 iterations), the GEMM bound of
+each net (its direct-convolution GEMM flops per iteration over the sgemm rate measured
+in the same run) and, measured in this run, the ratios PyTorch / wincaffe (> 1 means wincaffe is faster) and each
 net / the first --net. Each measurement is the median of --repeats blocks of
 --iters iterations, all runners alternating so that load on a shared machine
 hits every one of them alike.
@@ -60,6 +61,8 @@ def bench_wincaffe(net_path, iters):
 
     def run():
         return timed_phases(iters, lambda: None, lambda _: net.forward(), lambda _: net.backward(), update)
+    from wincaffe.counting import gemm_flops_per_iteration
+    run.gemm_flops = gemm_flops_per_iteration(net)
     return run
 
 
@@ -143,6 +146,14 @@ def main(argv=None):
         total = statistics.median(sum(b) for b in blocks)
         totals[name] = total
         print(f"{name:<{width}}{med[0]:9.2f}{med[1]:10.2f}{med[2]:9.2f}{total:10.2f}{total * 938 / 1000:9.1f}")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from timing import sgemm_gflops
+    rate = sgemm_gflops()
+    print(f"GEMM bound (GEMM flops of the iteration / sgemm {rate:.0f} GFLOP/s measured now, NumPy's BLAS):")
+    for net in nets:
+        flops = runners[net].gemm_flops
+        bound = flops / rate / 1e6
+        print(f"  {net}: {flops / 1e9:.3f} GFLOP -> {bound:.2f} ms; measured / bound = {totals[net] / bound:.2f}")
     for other in (n for n in totals if n not in nets):
         for net in nets:
             print(f"ratio {other} / {net} = {totals[other] / totals[net]:.2f} (> 1: wincaffe faster)")

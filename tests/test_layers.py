@@ -191,3 +191,100 @@ def test_dropout_train_and_test():
     layer, bottoms, tops = make_layer("Dropout", [(3, 4)], phase="TEST")
     layer.forward(bottoms, tops)
     np.testing.assert_array_equal(tops[0].data, bottoms[0].data)
+
+
+# ----- Convolution in chunks of images, pooling's fast paths, against plain references -----
+
+@pytest.fixture
+def omp_threads():
+    from wincaffe._kernels.threads import get_omp_threads, set_omp_threads
+    before = get_omp_threads()
+    yield set_omp_threads
+    set_omp_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_convolution_in_chunks_matches_reference(monkeypatch, omp_threads, ref_corr, threads, bias):
+    import layers.convolution as convolution
+    omp_threads(threads)
+    monkeypatch.setattr(convolution, "CHUNK_BYTES", 1)          # chunks of MIN_CHUNK_COLUMNS columns:
+    monkeypatch.setattr(convolution, "MIN_CHUNK_COLUMNS", 2 * 64)   # 2 images of 8x8 outputs
+    layer, bottoms, tops = conv((5, 3, 8, 8), 4, 3, pad=1, stride=1, bias_term=bias)
+    assert layer.chunk == 2                                      # chunks of 2, 2 and 1 images
+    layer.forward(bottoms, tops)
+    b = layer.params[1].data if bias else np.zeros(4)
+    np.testing.assert_allclose(tops[0].data, ref_corr(bottoms[0].data, layer.params[0].data, b, 1, 1),
+                               rtol=1e-10, atol=1e-10)
+    check_gradients(layer, bottoms, tops)
+
+
+def test_convolution_chunk_rule():
+    import layers.convolution as convolution
+    # LeNet-5: conv1 (R = 25 + 1) in L2-sized chunks, conv2 (R = 500 + 1) in one
+    layer, bottoms, tops = conv((64, 1, 28, 28), 20, 5, dtype=np.float32)
+    assert layer.chunk == convolution.CHUNK_BYTES // (26 * 4) // 576 == 17
+    layer, bottoms, tops = conv((64, 20, 12, 12), 50, 5, dtype=np.float32)
+    assert layer.chunk == 64
+
+
+def caffe_pool_reference(x, pool, k, s, pad):
+    """Caffe's pooling, written as its loops: MAX scans each window row by row and
+    takes a later value only if strictly greater (returns the flat index too); AVE sums
+    in the same order and divides by the window clipped to the padded input."""
+    from layers.pooling import pool_output_size
+    N, C, H, W = x.shape
+    oh, ow = pool_output_size(H, k, pad, s), pool_output_size(W, k, pad, s)
+    y = np.zeros((N, C, oh, ow), x.dtype)
+    arg = np.zeros((N, C, oh, ow), np.int64)
+    for n in range(N):
+        for c in range(C):
+            for py in range(oh):
+                for px in range(ow):
+                    hs, ws = py * s - pad, px * s - pad
+                    he, we = min(hs + k, H + pad), min(ws + k, W + pad)
+                    size = (he - hs) * (we - ws)
+                    hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, H), min(we, W)
+                    if pool == "MAX":
+                        best, idx = x[n, c, hs, ws], hs * W + ws
+                        for iy in range(hs, he):
+                            for ix in range(ws, we):
+                                if x[n, c, iy, ix] > best:
+                                    best, idx = x[n, c, iy, ix], iy * W + ix
+                        y[n, c, py, px], arg[n, c, py, px] = best, idx
+                    else:
+                        acc = x.dtype.type(0)
+                        for iy in range(hs, he):
+                            for ix in range(ws, we):
+                                acc = x.dtype.type(acc + x[n, c, iy, ix])
+                        y[n, c, py, px] = x.dtype.type(acc / size)
+    return y, arg
+
+
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+@pytest.mark.parametrize("shape,k,s,pad", [
+    ((2, 3, 8, 8), 2, 2, 0), ((2, 2, 7, 9), 2, 2, 0), ((1, 2, 9, 6), 2, 2, 0), ((2, 2, 7, 9), 3, 2, 1),
+    ((1, 3, 8, 10), 3, 3, 0),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooling_equals_caffe_loops_with_ties_nan_and_signed_zeros(pool, shape, k, s, pad, dtype):
+    rng = np.random.default_rng(3)
+    x = rng.integers(-2, 3, size=shape).astype(dtype)           # many ties
+    x.flat[rng.choice(x.size, 5, replace=False)] = np.nan
+    x.flat[rng.choice(x.size, 5, replace=False)] = -0.0
+    layer, bottoms, tops = make_layer("Pooling", [shape], dtype=dtype,
+                                      pooling_param={"pool": pool, "kernel_size": k, "stride": s, "pad": pad})
+    bottoms[0].data[...] = x
+    layer.forward(bottoms, tops)
+    y, arg = caffe_pool_reference(x, pool, k, s, pad)
+    np.testing.assert_array_equal(tops[0].data, y)
+    np.testing.assert_array_equal(np.signbit(tops[0].data), np.signbit(y))
+    if pool == "MAX":
+        np.testing.assert_array_equal(layer.argmax, arg)
+        g = rng.standard_normal(tops[0].shape).astype(dtype)
+        tops[0].diff[...] = g
+        layer.backward(tops, [True], bottoms)
+        expect = np.zeros(shape, dtype)
+        for n, c, q in np.ndindex(shape[0], shape[1], g[0, 0].size):
+            expect[n, c].flat[arg[n, c].flat[q]] += g[n, c].flat[q]
+        np.testing.assert_array_equal(bottoms[0].diff, expect)

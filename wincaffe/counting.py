@@ -130,6 +130,23 @@ def count_net(net, batches=0):
     return out, total_row(out)
 
 
+def gemm_flops_per_iteration(net):
+    """Floating-point operations of one training iteration of ``net`` done as direct
+    GEMMs (2 per multiply-add): for every layer with a ``direct`` count, the forward
+    product, the weight gradient, and the input gradient where the net propagates to
+    the layer's bottom, i.e. 2 · direct · batch · (2 + propagates). Divided by a
+    measured sgemm rate it is the time an im2col + GEMM implementation cannot beat:
+    the benchmarks print it beside each measured net time."""
+    flops = 0
+    for i, layer in enumerate(net.layers):
+        counts = layer.count_mults()
+        if not counts or counts.get("direct") is None or not net.layer_needs_backward[i]:
+            continue
+        batch = net.bottom_vecs[i][0].shape[0]
+        flops += 2 * counts["direct"] * batch * (2 + bool(net.propagate_down[i][0]))
+    return flops
+
+
 # What a layer without a count runs instead, in the net's total of that count.
 STAND_IN = {"direct": (), "direct_sparse": ("direct",), "winograd": ("direct",),
             "winograd_sparse": ("direct_sparse", "direct"), "fft": ("direct",), "fft_masked": ("direct",),

@@ -3,7 +3,9 @@
 
 Layout: ``col[(c*kh + i)*kw + j, n*P + y*ow + x] = x_pad[n, c, y*s + i*d, x*s + j*d]``
 with P = oh*ow, i.e. ``col`` is (C*kh*kw, N*oh*ow), so that a convolution is
-``W.reshape(K, C*kh*kw) @ col`` -> (K, N*oh*ow). Zero padding is implicit.
+``W.reshape(K, C*kh*kw) @ col`` -> (K, N*oh*ow). Zero padding is implicit. ``col``
+may have more rows than C*kh*kw: they are left alone (``Convolution`` keeps a row
+of ones there, so that the GEMM adds the bias).
 Each row of ``col`` is written by one thread (prange over rows); ``col2im`` splits
 the work by channel so no two threads add into the same input element (the sums
 are therefore deterministic). Inner loops run on raw pointers over the valid
@@ -35,14 +37,14 @@ cdef inline Py_ssize_t _x_hi(Py_ssize_t x0, Py_ssize_t stride, Py_ssize_t W, Py_
 
 def im2col(const real[:, :, :, ::1] x, real[:, ::1] col, int kh, int kw,
            int pad, int stride, int dilation, int oh, int ow):
-    """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow)."""
+    """x (N, C, H, W) -> col[:C*kh*kw] of col (>= C*kh*kw, N*oh*ow)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t rows = C * kh * kw, P = oh * ow
     cdef Py_ssize_t r, c, i, j, n, yy, xx, iy, x0, lo, hi
     cdef const real* src
     cdef real* dst
-    if col.shape[0] != rows or col.shape[1] != N * P:
-        raise ValueError(f"col has shape {(col.shape[0], col.shape[1])}, expected ({rows}, {N * P})")
+    if col.shape[0] < rows or col.shape[1] != N * P:
+        raise ValueError(f"col has shape {(col.shape[0], col.shape[1])}, expected (>= {rows}, {N * P})")
     with nogil:
         for r in prange(rows, schedule="static"):
             c = r // (kh * kw)

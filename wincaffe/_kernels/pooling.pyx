@@ -13,6 +13,32 @@ ctypedef fused real:
     double
 
 
+cdef inline void _max2x2_row(const real* row0, const real* row1, real* out, int* arg,
+                             int base, int W, Py_ssize_t n) noexcept nogil:
+    """n full 2x2 windows of one output row: Caffe's scan (row by row, a later value
+    wins only if strictly greater), written as selects so that it vectorises; NaN
+    behaves as in the scan (never wins against a number, kept if first)."""
+    cdef Py_ssize_t px
+    cdef real a, b, c, d, best
+    cdef int idx, x
+    for px in range(n):
+        x = <int>(2 * px)
+        a = row0[2 * px]
+        b = row0[2 * px + 1]
+        c = row1[2 * px]
+        d = row1[2 * px + 1]
+        best = a
+        idx = base + x
+        idx = base + x + 1 if b > best else idx
+        best = b if b > best else best
+        idx = base + W + x if c > best else idx
+        best = c if c > best else best
+        idx = base + W + x + 1 if d > best else idx
+        best = d if d > best else best
+        out[px] = best
+        arg[px] = idx
+
+
 def max_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int[:, :, :, ::1] argmax,
                      int kh, int kw, int sh, int sw, int pad):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -25,6 +51,7 @@ def max_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int[:, :,
     cdef const real* row1
     cdef real* out
     cdef int* arg
+    cdef Py_ssize_t full
     cdef bint fast2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and pad == 0
     with nogil:
         for p in prange(N * C, schedule="static"):
@@ -42,21 +69,16 @@ def max_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int[:, :,
                     hs = 0
                 if fast2x2 and he - hs == 2:
                     # LeNet's case: two input rows, windows never overlap
-                    row0 = plane + hs * W
-                    row1 = row0 + W
-                    for px in range(ow):
+                    full = W // 2 if W // 2 < ow else ow
+                    _max2x2_row(plane + hs * W, plane + (hs + 1) * W, out + py * ow, arg + py * ow,
+                                <int>(hs * W), <int>W, full)
+                    for px in range(full, ow):      # a last window cut by the edge (odd W)
                         ws = 2 * px
-                        best = row0[ws]
+                        best = plane[hs * W + ws]
                         best_idx = <int>(hs * W + ws)
-                        if ws + 1 < W and row0[ws + 1] > best:
-                            best = row0[ws + 1]
-                            best_idx = <int>(hs * W + ws + 1)
-                        if row1[ws] > best:
-                            best = row1[ws]
+                        if plane[(hs + 1) * W + ws] > best:
+                            best = plane[(hs + 1) * W + ws]
                             best_idx = <int>((hs + 1) * W + ws)
-                        if ws + 1 < W and row1[ws + 1] > best:
-                            best = row1[ws + 1]
-                            best_idx = <int>((hs + 1) * W + ws + 1)
                         out[py * ow + px] = best
                         arg[py * ow + px] = best_idx
                     continue
@@ -136,11 +158,27 @@ def ave_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     cdef Py_ssize_t p, n, c, py, px, iy, ix
     cdef Window w
     cdef real acc
+    cdef const real* row0
+    cdef const real* row1
+    cdef real* out
+    cdef bint fast2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and pad == 0
     with nogil:
         for p in prange(N * C, schedule="static"):
             n = p // C
             c = p % C
             for py in range(oh):
+                if fast2x2 and 2 * py + 1 < H:
+                    # full 2x2 windows: the same sum order and divisor as the general loop
+                    row0 = &x[n, c, 2 * py, 0]
+                    row1 = row0 + W
+                    out = &y[n, c, py, 0]
+                    for px in range(W // 2 if W // 2 < ow else ow):
+                        out[px] = (0 + row0[2 * px] + row0[2 * px + 1] + row1[2 * px] + row1[2 * px + 1]) / 4
+                    px = W // 2
+                    if px < ow:
+                        w = _ave_window(py, px, H, W, kh, kw, sh, sw, pad)
+                        y[n, c, py, px] = (0 + row0[2 * px] + row1[2 * px]) / w.size
+                    continue
                 for px in range(ow):
                     w = _ave_window(py, px, H, W, kh, kw, sh, sw, pad)
                     acc = 0
