@@ -1,5 +1,6 @@
 """Milliseconds per LeNet-5 training iteration (forward, backward, update), wincaffe
-vs PyTorch (when installed) on the same thread count, batch 64, real MNIST batches.
+vs PyTorch (when installed; in a process of its own) on the same thread count, batch 64,
+real MNIST batches.
 
     python benchmarks/bench_lenet.py --threads 1
     python benchmarks/bench_lenet.py --threads 1 --net nets/lenet5.yaml nets/lenet5_winograd.yaml
@@ -104,6 +105,44 @@ def bench_torch(iters):
     return run
 
 
+def _torch_worker(conn, threads, iters):
+    """The PyTorch runner, in a process of its own: PyTorch ships its own libgomp,
+    which, loaded beside wincaffe's kernels, spins its idle OpenMP threads long enough
+    to starve the BLAS threads (measured: an im2col + matmul pair at 2 threads 17x
+    slower once torch was imported). Runs a timed block on each request."""
+    import torch
+    from wincaffe.threads import set_num_threads
+    set_num_threads(threads)
+    torch.set_num_threads(threads)
+    run = bench_torch(iters)
+    conn.send(torch.__version__)
+    while conn.recv():
+        conn.send(run())
+
+
+def start_torch(threads, iters):
+    """(name, run) of the PyTorch runner in a spawned process, or None without PyTorch."""
+    import importlib.util
+    import multiprocessing
+    if importlib.util.find_spec("torch") is None:
+        return None
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_torch_worker, args=(child, threads, iters), daemon=True)
+    proc.start()
+    version = parent.recv()
+
+    def run():
+        parent.send(True)
+        return parent.recv()
+
+    def stop():
+        parent.send(False)
+        proc.join(timeout=10)
+    run.stop = stop
+    return f"pytorch {version}", run
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
@@ -123,18 +162,17 @@ def main(argv=None):
         ap.error(f"--net: a net is given twice: {' '.join(names)}")
     runners = {name: bench_wincaffe(net, args.iters) for name, net in zip(names, args.net)}
     nets = list(runners)
-    try:
-        import torch
-        torch.set_num_threads(args.threads)
-        torch_run = bench_torch(args.iters)
-        if torch_run:
-            runners[f"pytorch {torch.__version__}"] = torch_run
-    except ImportError:
+    torch_runner = start_torch(args.threads, args.iters)
+    if torch_runner:
+        runners[torch_runner[0]] = torch_runner[1]
+    else:
         print("(PyTorch not installed: `pip install torch==2.13.0` to compare)")
     results = {name: [] for name in runners}
     for _ in range(args.repeats):
         for name, run in runners.items():
             results[name].append(run())
+    if torch_runner:
+        torch_runner[1].stop()
     width = max(22, max(len(n) for n in runners) + 2)
     from wincaffe.machine import describe
     print(describe())
