@@ -279,12 +279,21 @@ def test_pooling_equals_caffe_loops_with_ties_nan_and_signed_zeros(pool, shape, 
     y, arg = caffe_pool_reference(x, pool, k, s, pad)
     np.testing.assert_array_equal(tops[0].data, y)
     np.testing.assert_array_equal(np.signbit(tops[0].data), np.signbit(y))
+    g = rng.standard_normal(tops[0].shape).astype(dtype)
+    g.flat[:3] = -0.0
+    tops[0].diff[...] = g
+    layer.backward(tops, [True], bottoms)
+    expect = np.zeros(shape, dtype)
     if pool == "MAX":
         np.testing.assert_array_equal(layer.argmax, arg)
-        g = rng.standard_normal(tops[0].shape).astype(dtype)
-        tops[0].diff[...] = g
-        layer.backward(tops, [True], bottoms)
-        expect = np.zeros(shape, dtype)
         for n, c, q in np.ndindex(shape[0], shape[1], g[0, 0].size):
             expect[n, c].flat[arg[n, c].flat[q]] += g[n, c].flat[q]
-        np.testing.assert_array_equal(bottoms[0].diff, expect)
+    else:   # Caffe's AVE backward: each window adds dy / size to its (clipped) inputs
+        H, W = shape[2:]
+        for n, c, py, px in np.ndindex(*g.shape):
+            hs, ws = py * s - pad, px * s - pad
+            he, we = min(hs + k, H + pad), min(ws + k, W + pad)
+            share = dtype(g[n, c, py, px] / ((he - hs) * (we - ws)))
+            expect[n, c, max(hs, 0):min(he, H), max(ws, 0):min(we, W)] += share
+    np.testing.assert_array_equal(bottoms[0].diff, expect)
+    np.testing.assert_array_equal(np.signbit(bottoms[0].diff), np.signbit(expect))

@@ -53,6 +53,15 @@ def max_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int[:, :,
     cdef int* arg
     cdef Py_ssize_t full
     cdef bint fast2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and pad == 0
+    if fast2x2 and H % 2 == 0 and W % 2 == 0:
+        # every window full and the planes tiled by them: one tight loop over row pairs
+        with nogil:
+            for p in prange(N * C, schedule="static"):
+                plane = &x[0, 0, 0, 0] + p * H * W
+                for py in range(oh):
+                    _max2x2_row(plane + 2 * py * W, plane + (2 * py + 1) * W, &y[0, 0, 0, 0] + (p * oh + py) * ow,
+                                &argmax[0, 0, 0, 0] + (p * oh + py) * ow, <int>(2 * py * W), <int>W, ow)
+        return
     with nogil:
         for p in prange(N * C, schedule="static"):
             n = p // C
@@ -103,7 +112,8 @@ def max_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int[:, :,
 
 def max_pool_backward(const real[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
                       real[:, :, :, ::1] dx):
-    """dx (overwritten) = scatter of dy to the winners recorded in argmax."""
+    """dx (overwritten) = scatter of dy to the winners recorded in argmax (a memset and
+    one add per output: already at memory speed, bench_pooling.py)."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t oh = dy.shape[2], ow = dy.shape[3]
     cdef Py_ssize_t p, n, c, q
@@ -195,10 +205,26 @@ def ave_pool_backward(const real[:, :, :, ::1] dy, real[:, :, :, ::1] dx,
     cdef Py_ssize_t p, n, c, py, px, iy, ix
     cdef Window w
     cdef real g
+    cdef real* r0
+    cdef real* r1
+    cdef bint tiled2x2 = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and pad == 0
+                          and 2 * oh == H and 2 * ow == W)
     with nogil:
         for p in prange(N * C, schedule="static"):
             n = p // C
             c = p % C
+            if tiled2x2:
+                # windows tile the plane: each input written once (0 + g/4, as the general loop)
+                for py in range(oh):
+                    r0 = &dx[n, c, 2 * py, 0]
+                    r1 = r0 + W
+                    for px in range(ow):
+                        g = 0 + dy[n, c, py, px] / 4
+                        r0[2 * px] = g
+                        r0[2 * px + 1] = g
+                        r1[2 * px] = g
+                        r1[2 * px + 1] = g
+                continue
             memset(&dx[n, c, 0, 0], 0, H * W * sizeof(real))
             for py in range(oh):
                 for px in range(ow):
