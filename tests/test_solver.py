@@ -319,3 +319,24 @@ def test_a_masked_preconditioned_step_always_descends():
             step = Q.step_direction(np.empty_like(Q.diff))
             assert float((Q.diff * step).sum()) >= -1e-9
             assert np.all(step[Q.mask == 0] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("decay", [0.0, 5e-4])
+def test_fused_sgd_step_equals_the_numpy_statements_bit_for_bit(dtype, decay):
+    from wincaffe._kernels.sgd import sgd_momentum_step
+    rng = np.random.default_rng(0)
+    w, g, h = (rng.standard_normal(10007).astype(dtype) for _ in range(3))
+    w[:5] = [0.0, -0.0, np.inf, 1e-40, np.nan]
+    rate, momentum = 0.0123, 0.9
+    w_ref, g_ref, h_ref = w.copy(), g.copy(), h.copy()
+    if decay:
+        g_ref += decay * w_ref
+    h_ref *= momentum
+    h_ref += rate * g_ref
+    w_ref -= h_ref
+    sgd_momentum_step(w, g, h, rate, decay, momentum)
+    for got, want in ((w, w_ref), (g, g_ref), (h, h_ref)):
+        np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+    with pytest.raises(ValueError, match="entries"):
+        sgd_momentum_step(w, g[:-1], h, rate, decay, momentum)

@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from wincaffe._kernels.sgd import sgd_momentum_step
 from wincaffe.config import load_solver_spec
 from wincaffe.errors import SnapshotError, TrainingError
 from wincaffe.layer import TEST, TRAIN
@@ -38,6 +39,12 @@ from wincaffe.fileio import ensure_writable_dir
 from wincaffe.snapshot import load_npz, load_weights, save_npz_pair, weights_arrays
 
 log = get_logger("solver")
+
+
+def _fusable(*arrays):
+    """The fused SGD kernel takes C-contiguous float32/float64 arrays of one dtype."""
+    return (arrays[0].dtype in (np.float32, np.float64) and all(a.dtype == arrays[0].dtype for a in arrays)
+            and all(a.flags.c_contiguous for a in arrays))
 
 
 class Solver:
@@ -87,36 +94,45 @@ class Solver:
                 g /= s.iter_size
             rate = lr * p.lr_mult
             decay = s.weight_decay * p.decay_mult
-            if decay:                 # a masked weight is 0, so its decay term is 0 too
-                if s.regularization_type == "L2":
-                    g += decay * p.data
-                else:
-                    g += decay * np.sign(p.data)
             h = self.history[k]
-            if s.type == "SGD":
-                h *= s.momentum
-                h += rate * g
-                p.data -= h
-            elif s.type == "Nesterov":
-                prev = h.copy()
-                h *= s.momentum
-                h += rate * g
-                p.data -= (1 + s.momentum) * h - s.momentum * prev
-            else:  # Adam
-                v = self.history2[k]
-                t = self.iter + 1
-                h *= s.momentum
-                h += (1 - s.momentum) * g
-                v *= s.momentum2
-                v += (1 - s.momentum2) * g * g
-                corr = math.sqrt(1 - s.momentum2 ** t) / (1 - s.momentum ** t)
-                p.data -= rate * corr * h / (np.sqrt(v) + s.delta)
+            if s.type == "SGD" and (not decay or s.regularization_type == "L2") and _fusable(p.data, g, h):
+                # the NumPy statements of _step for this case, fused into one pass, bit for bit
+                sgd_momentum_step(p.data.reshape(-1), g.reshape(-1), h.reshape(-1), rate, decay, s.momentum)
+            else:
+                self._step(k, p, g, h, rate, decay)
             if p.mask is not None:     # pruned entries: zero weights, no stale momentum
                 p.data *= p.mask
                 h *= p.mask
                 if self.history2 is not None:
                     self.history2[k] *= p.mask
         return lr
+
+    def _step(self, k, p, g, h, rate, decay):
+        """One parameter's update from its step direction g and history h (Caffe's solvers)."""
+        s = self.spec
+        if decay:                 # a masked weight is 0, so its decay term is 0 too
+            if s.regularization_type == "L2":
+                g += decay * p.data
+            else:
+                g += decay * np.sign(p.data)
+        if s.type == "SGD":
+            h *= s.momentum
+            h += rate * g
+            p.data -= h
+        elif s.type == "Nesterov":
+            prev = h.copy()
+            h *= s.momentum
+            h += rate * g
+            p.data -= (1 + s.momentum) * h - s.momentum * prev
+        else:  # Adam
+            v = self.history2[k]
+            t = self.iter + 1
+            h *= s.momentum
+            h += (1 - s.momentum) * g
+            v *= s.momentum2
+            v += (1 - s.momentum2) * g * g
+            corr = math.sqrt(1 - s.momentum2 ** t) / (1 - s.momentum ** t)
+            p.data -= rate * corr * h / (np.sqrt(v) + s.delta)
 
     def _clip(self, steps):
         """Scale every step direction by c/‖g‖ when their global L2 norm exceeds c."""
