@@ -73,43 +73,54 @@ class Convolution(SpatialPruning, Layer):
             yield slice(n0, min(N, n0 + self.chunk)), (min(N, n0 + self.chunk) - n0) * P
 
     def _buffer(self, name, rows, cols, first_image=0):
-        """A C-contiguous (rows, cols) view of workspace ``name``: one full chunk's worth,
-        or, for ``col``, the whole batch chunk after chunk, so that backward finds each
-        chunk's im2col(x) where forward left it."""
-        size = rows * self.chunk * self.oh * self.ow
-        buf = self._buffers.get(name)
-        if buf is None:
-            batch = self._shape[0] if name == "col" else self.chunk
-            buf = self._buffers[name] = np.empty(rows * batch * self.oh * self.ow, self.dtype)
-        start = (first_image // self.chunk) * size if name == "col" else 0
+        """A C-contiguous (rows, cols) view of workspace ``name``; ``col`` holds the whole
+        batch, chunk after chunk, so that backward finds each chunk's im2col(x) where
+        forward left it; the others are sized by their first (largest) use."""
+        if name == "col":
+            size = rows * self.chunk * self.oh * self.ow
+            start = (first_image // self.chunk) * size
+            buf = self._buffers.get(name)
+            if buf is None:
+                buf = self._buffers[name] = np.empty(rows * self._shape[0] * self.oh * self.ow, self.dtype)
+        else:
+            start, buf = 0, self._buffers.get(name)
+            if buf is None or buf.size < rows * cols:
+                buf = self._buffers[name] = np.empty(rows * cols, self.dtype)
         return buf[start:start + rows * cols].reshape(rows, cols)
 
-    def _im2col(self, x, images, cols):
-        """col (R [+ 1], cols) = im2col(x[images]) [; a row of ones for the bias]."""
-        R, has_bias = self.params[0].data[0].size, len(self.params) > 1
-        col = self._buffer("col", R + has_bias, cols, images.start)
-        im2col(x[images], col, self.k, self.k, self.pad, self.stride, self.dilation, self.oh, self.ow)
-        if has_bias:
-            col[R] = 1
-        return col
+    def _pieces(self, images, rows):
+        """L2-sized runs of images within a chunk (``CHUNK_BYTES`` of a (rows, n·P) matrix),
+        as (image slice, column slice of the chunk's matrices)."""
+        P = self.oh * self.ow
+        size = rows * P * np.dtype(self.dtype).itemsize
+        step = max(1, min(images.stop - images.start, CHUNK_BYTES // max(1, size)))
+        for a in range(images.start, images.stop, step):
+            b = min(images.stop, a + step)
+            yield slice(a, b), slice((a - images.start) * P, (b - images.start) * P)
 
     def forward(self, bottoms, tops):
         N, K = bottoms[0].shape[0], self.params[0].shape[0]
-        R = self.params[0].data[0].size
+        R, has_bias = self.params[0].data[0].size, len(self.params) > 1
         self.w_aug[:, :R] = self.params[0].data.reshape(K, R)
-        if len(self.params) > 1:
+        if has_bias:
             self.w_aug[:, R] = self.params[1].data
         x, y = bottoms[0].data, tops[0].data.reshape(N, K, -1)
         for images, cols in self._chunks(N):
+            col = self._buffer("col", R + has_bias, cols, images.start)
+            if has_bias:
+                col[R] = 1
             out = self._buffer("out", K, cols)
-            np.matmul(self.w_aug, self._im2col(x, images, cols), out=out)
-            np.copyto(y[images], out.reshape(K, -1, y.shape[2]).transpose(1, 0, 2))
+            # im2col, GEMM and the copy to the top piece by piece: each reads what the last wrote, in L2
+            for piece, pcols in self._pieces(images, R + has_bias):
+                im2col(x[piece], col[:, pcols], self.k, self.k, self.pad, self.stride, self.dilation, self.oh, self.ow)
+                np.matmul(self.w_aug, col[:, pcols], out=out[:, pcols])
+                np.copyto(y[piece], out[:, pcols].reshape(K, -1, y.shape[2]).transpose(1, 0, 2))
 
     def backward(self, tops, propagate_down, bottoms):
         N, K = bottoms[0].shape[0], self.params[0].shape[0]
         w = self.params[0]
         R, has_bias = w.data[0].size, len(self.params) > 1
-        x, dy = bottoms[0].data, tops[0].diff.reshape(N, K, -1)
+        dy = tops[0].diff.reshape(N, K, -1)
         for images, cols in self._chunks(N):
             col = self._buffer("col", R + has_bias, cols, images.start)   # forward's im2col(x)
             dy2d = self._buffer("out", K, cols)
@@ -118,11 +129,12 @@ class Convolution(SpatialPruning, Layer):
                 np.matmul(dy2d, col.T, out=self.dw_aug)
             else:
                 self.dw_aug += np.matmul(dy2d, col.T, out=self.dw_chunk)
-            if propagate_down[0]:
-                dcol = self._buffer("dcol", R, cols)
-                np.matmul(w.data.reshape(K, R).T, dy2d, out=dcol)
-                col2im(dcol, bottoms[0].diff[images], self.k, self.k, self.pad, self.stride,
-                       self.dilation, self.oh, self.ow)
+            if propagate_down[0]:     # dX piece by piece: col2im reads dcol while it is in L2
+                for piece, pcols in self._pieces(images, R):
+                    dcol = self._buffer("dcol", R, pcols.stop - pcols.start)
+                    np.matmul(w.data.reshape(K, R).T, dy2d[:, pcols], out=dcol)
+                    col2im(dcol, bottoms[0].diff[piece], self.k, self.k, self.pad, self.stride,
+                           self.dilation, self.oh, self.ow)
         w.diff.reshape(K, R)[...] = self.dw_aug[:, :R]
         if has_bias:
             self.params[1].diff[...] = self.dw_aug[:, R]

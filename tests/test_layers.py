@@ -205,13 +205,17 @@ def omp_threads():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("bias", [True, False])
-def test_convolution_in_chunks_matches_reference(monkeypatch, omp_threads, ref_corr, threads, bias):
+@pytest.mark.parametrize("min_columns,chunk", [(2 * 64, 2), (10 ** 6, 5)])
+def test_convolution_in_chunks_matches_reference(monkeypatch, omp_threads, ref_corr, threads, bias,
+                                                 min_columns, chunk):
     import layers.convolution as convolution
     omp_threads(threads)
-    monkeypatch.setattr(convolution, "CHUNK_BYTES", 1)          # chunks of MIN_CHUNK_COLUMNS columns:
-    monkeypatch.setattr(convolution, "MIN_CHUNK_COLUMNS", 2 * 64)   # 2 images of 8x8 outputs
+    # CHUNK_BYTES = 1: pieces of one image; chunks of MIN_CHUNK_COLUMNS columns (8x8 outputs
+    # per image: chunks of 2, 2 and 1 images) or, above N·P columns, the whole batch
+    monkeypatch.setattr(convolution, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(convolution, "MIN_CHUNK_COLUMNS", min_columns)
     layer, bottoms, tops = conv((5, 3, 8, 8), 4, 3, pad=1, stride=1, bias_term=bias)
-    assert layer.chunk == 2                                      # chunks of 2, 2 and 1 images
+    assert layer.chunk == chunk
     layer.forward(bottoms, tops)
     b = layer.params[1].data if bias else np.zeros(4)
     np.testing.assert_allclose(tops[0].data, ref_corr(bottoms[0].data, layer.params[0].data, b, 1, 1),

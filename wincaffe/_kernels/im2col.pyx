@@ -4,7 +4,8 @@
 Layout: ``col[(c*kh + i)*kw + j, n*P + y*ow + x] = x_pad[n, c, y*s + i*d, x*s + j*d]``
 with P = oh*ow, i.e. ``col`` is (C*kh*kw, N*oh*ow), so that a convolution is
 ``W.reshape(K, C*kh*kw) @ col`` -> (K, N*oh*ow). Zero padding is implicit. ``col``
-may have more rows than C*kh*kw: they are left alone (``Convolution`` keeps a row
+may be a column slice of a wider array (rows contiguous, any row stride) and may
+have more rows than C*kh*kw: they are left alone (``Convolution`` keeps a row
 of ones there, so that the GEMM adds the bias).
 Each row of ``col`` is written by one thread (prange over rows); ``col2im`` splits
 the work by channel so no two threads add into the same input element (the sums
@@ -35,7 +36,7 @@ cdef inline Py_ssize_t _x_hi(Py_ssize_t x0, Py_ssize_t stride, Py_ssize_t W, Py_
     return b if b < ow else ow
 
 
-def im2col(const real[:, :, :, ::1] x, real[:, ::1] col, int kh, int kw,
+def im2col(const real[:, :, :, ::1] x, real[:, :] col, int kh, int kw,
            int pad, int stride, int dilation, int oh, int ow):
     """x (N, C, H, W) -> col[:C*kh*kw] of col (>= C*kh*kw, N*oh*ow)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -43,6 +44,8 @@ def im2col(const real[:, :, :, ::1] x, real[:, ::1] col, int kh, int kw,
     cdef Py_ssize_t r, c, i, j, n, yy, xx, iy, x0, lo, hi
     cdef const real* src
     cdef real* dst
+    if col.strides[1] != sizeof(real):
+        raise ValueError("col: the rows must be contiguous (a column slice of a C-contiguous array is fine)")
     if col.shape[0] < rows or col.shape[1] != N * P:
         raise ValueError(f"col has shape {(col.shape[0], col.shape[1])}, expected (>= {rows}, {N * P})")
     with nogil:
@@ -73,7 +76,7 @@ def im2col(const real[:, :, :, ::1] x, real[:, ::1] col, int kh, int kw,
                         dst[xx] = 0
 
 
-def col2im(const real[:, ::1] col, real[:, :, :, ::1] dx, int kh, int kw,
+def col2im(const real[:, :] col, real[:, :, :, ::1] dx, int kh, int kw,
            int pad, int stride, int dilation, int oh, int ow):
     """The adjoint of im2col: dx (N, C, H, W) = scatter-add of col (C*kh*kw, N*oh*ow).
     ``dx`` is overwritten."""
@@ -82,6 +85,8 @@ def col2im(const real[:, ::1] col, real[:, :, :, ::1] dx, int kh, int kw,
     cdef Py_ssize_t r, c, i, j, n, yy, xx, iy, x0, lo, hi
     cdef const real* src
     cdef real* dst
+    if col.strides[1] != sizeof(real):
+        raise ValueError("col: the rows must be contiguous (a column slice of a C-contiguous array is fine)")
     if col.shape[0] != C * kh * kw or col.shape[1] != N * P:
         raise ValueError(f"col has shape {(col.shape[0], col.shape[1])}, expected ({C * kh * kw}, {N * P})")
     with nogil:
