@@ -4,15 +4,18 @@
 
 bottom (N, C, H, W) -> top (N, K, oh, ow), oh = (H + 2p − d(k−1) − 1) // s + 1.
 Weights W (K, C, k, k), bias b (K,). Workspaces are kept between calls.
+Pruning: the ``spatial`` domain, scores |W|, a ``Param.mask`` on W (Liu et al.,
+Fig. 1a: the conventional baseline).
 
-The batch runs in chunks of images: per chunk, col = im2col(x) is (R, n·P),
-R = C·k·k, P = oh·ow (Caffe's layout), and each product is one GEMM, (K, R) @ (R, n·P)
-forward. A chunk is L2-sized (``CHUNK_BYTES`` of col) unless that would leave the
-GEMMs fewer than ``MIN_CHUNK_COLUMNS`` columns, below which they run slowly: so
-LeNet's conv1 (R = 25) runs in chunks of 17 images and conv2 (R = 500) in one.
-Forward leaves each chunk's col in place for backward. With a bias, col carries
-one more row of ones and the left operand one more column, b: the same product
-adds the bias, and the dW product returns db in that column (db = Σ_{n,p} dY).
+col = im2col(x) is (R, N·P), R = C·k·k, P = oh·ow (Caffe's layout); forward is
+(K, R) @ col, dW = dY colᵀ and dcol = Wᵀ dY, with dY as (K, N·P), one GEMM over the
+whole batch each. The input gradient (GEMM, col2im) runs in pieces of images whose
+share of dcol is L2-sized (``PIECE_BYTES``), so that col2im reads dcol while it is
+still in L2 (LeNet-5's conv2 backward: 10-15% faster; the same split of the forward
+measured no faster). The pieces are column slices of the whole-batch GEMM: when
+their column counts are multiples of the BLAS kernel's width (LeNet-5's are), each
+column's sums run as in the whole product, bit for bit (tested; 40 LeNet-5 training
+iterations gave the weights of the whole-batch layer exactly).
 """
 import numpy as np
 
@@ -24,10 +27,8 @@ from wincaffe.layer import Layer, SpatialPruning, register
 from wincaffe.schema import convolution_block
 
 
-# im2col bytes per chunk of images (with the GEMM's output and operands, about L2) ...
-CHUNK_BYTES = 1 << 20
-# ... but never fewer columns than this: below it the GEMMs run slower than the memory saves
-MIN_CHUNK_COLUMNS = 4096
+# dcol bytes per piece of images in backward (about L2)
+PIECE_BYTES = 1 << 20
 
 
 @register("Convolution")
@@ -58,86 +59,48 @@ class Convolution(SpatialPruning, Layer):
         tops[0].reshape((N, K, oh, ow), self.dtype)
         if self._shape != (N, C, H, W):
             self._shape, self.oh, self.ow = (N, C, H, W), oh, ow
-            R, has_bias, P = C * self.k * self.k, len(self.params) > 1, oh * ow
-            columns = max(MIN_CHUNK_COLUMNS, CHUNK_BYTES // ((R + has_bias) * np.dtype(self.dtype).itemsize))
-            self.chunk = max(1, min(N, columns // max(1, P)))
-            self._buffers = {}                                        # name -> flat workspace
-            self.w_aug = np.empty((K, R + has_bias), self.dtype)      # [W | b]
-            self.dw_aug = np.empty_like(self.w_aug)                   # [dW | db]
-            self.dw_chunk = np.empty_like(self.w_aug)                 # one chunk's share of it
+            R, cols = C * self.k * self.k, N * oh * ow
+            self.col = np.empty((R, cols), self.dtype)            # im2col(x)
+            self.out2d = np.empty((K, cols), self.dtype)          # W @ col, then dY as (K, N*P)
+            self.dcol = None                                      # one piece, on the first input gradient
+            itemsize = np.dtype(self.dtype).itemsize
+            self.piece = max(1, min(N, PIECE_BYTES // max(1, R * oh * ow * itemsize)))   # images
 
-    def _chunks(self, N):
-        """(images, columns) of each chunk of the batch: the image slice and n·P."""
+    def _pieces(self, N):
+        """(image slice, column slice of col) of each piece of the batch."""
         P = self.oh * self.ow
-        for n0 in range(0, N, self.chunk):
-            yield slice(n0, min(N, n0 + self.chunk)), (min(N, n0 + self.chunk) - n0) * P
-
-    def _buffer(self, name, rows, cols, first_image=0):
-        """A C-contiguous (rows, cols) view of workspace ``name``; ``col`` holds the whole
-        batch, chunk after chunk, so that backward finds each chunk's im2col(x) where
-        forward left it; the others are sized by their first (largest) use."""
-        if name == "col":
-            size = rows * self.chunk * self.oh * self.ow
-            start = (first_image // self.chunk) * size
-            buf = self._buffers.get(name)
-            if buf is None:
-                buf = self._buffers[name] = np.empty(rows * self._shape[0] * self.oh * self.ow, self.dtype)
-        else:
-            start, buf = 0, self._buffers.get(name)
-            if buf is None or buf.size < rows * cols:
-                buf = self._buffers[name] = np.empty(rows * cols, self.dtype)
-        return buf[start:start + rows * cols].reshape(rows, cols)
-
-    def _pieces(self, images, rows):
-        """L2-sized runs of images within a chunk (``CHUNK_BYTES`` of a (rows, n·P) matrix),
-        as (image slice, column slice of the chunk's matrices)."""
-        P = self.oh * self.ow
-        size = rows * P * np.dtype(self.dtype).itemsize
-        step = max(1, min(images.stop - images.start, CHUNK_BYTES // max(1, size)))
-        for a in range(images.start, images.stop, step):
-            b = min(images.stop, a + step)
-            yield slice(a, b), slice((a - images.start) * P, (b - images.start) * P)
+        for a in range(0, N, self.piece):
+            b = min(N, a + self.piece)
+            yield slice(a, b), slice(a * P, b * P)
 
     def forward(self, bottoms, tops):
         N, K = bottoms[0].shape[0], self.params[0].shape[0]
-        R, has_bias = self.params[0].data[0].size, len(self.params) > 1
-        self.w_aug[:, :R] = self.params[0].data.reshape(K, R)
-        if has_bias:
-            self.w_aug[:, R] = self.params[1].data
-        x, y = bottoms[0].data, tops[0].data.reshape(N, K, -1)
-        for images, cols in self._chunks(N):
-            col = self._buffer("col", R + has_bias, cols, images.start)
-            if has_bias:
-                col[R] = 1
-            out = self._buffer("out", K, cols)
-            # im2col, GEMM and the copy to the top piece by piece: each reads what the last wrote, in L2
-            for piece, pcols in self._pieces(images, R + has_bias):
-                im2col(x[piece], col[:, pcols], self.k, self.k, self.pad, self.stride, self.dilation, self.oh, self.ow)
-                np.matmul(self.w_aug, col[:, pcols], out=out[:, pcols])
-                np.copyto(y[piece], out[:, pcols].reshape(K, -1, y.shape[2]).transpose(1, 0, 2))
+        im2col(bottoms[0].data, self.col, self.k, self.k, self.pad, self.stride, self.dilation, self.oh, self.ow)
+        np.matmul(self.params[0].data.reshape(K, -1), self.col, out=self.out2d)
+        y = tops[0].data.reshape(N, K, -1)
+        out = self.out2d.reshape(K, N, -1).transpose(1, 0, 2)
+        if len(self.params) > 1:
+            np.add(out, self.params[1].data[None, :, None], out=y)
+        else:
+            np.copyto(y, out)
 
     def backward(self, tops, propagate_down, bottoms):
         N, K = bottoms[0].shape[0], self.params[0].shape[0]
-        w = self.params[0]
-        R, has_bias = w.data[0].size, len(self.params) > 1
         dy = tops[0].diff.reshape(N, K, -1)
-        for images, cols in self._chunks(N):
-            col = self._buffer("col", R + has_bias, cols, images.start)   # forward's im2col(x)
-            dy2d = self._buffer("out", K, cols)
-            np.copyto(dy2d.reshape(K, -1, dy.shape[2]), dy[images].transpose(1, 0, 2))
-            if images.start == 0:
-                np.matmul(dy2d, col.T, out=self.dw_aug)
-            else:
-                self.dw_aug += np.matmul(dy2d, col.T, out=self.dw_chunk)
-            if propagate_down[0]:     # dX piece by piece: col2im reads dcol while it is in L2
-                for piece, pcols in self._pieces(images, R):
-                    dcol = self._buffer("dcol", R, pcols.stop - pcols.start)
-                    np.matmul(w.data.reshape(K, R).T, dy2d[:, pcols], out=dcol)
-                    col2im(dcol, bottoms[0].diff[piece], self.k, self.k, self.pad, self.stride,
-                           self.dilation, self.oh, self.ow)
-        w.diff.reshape(K, R)[...] = self.dw_aug[:, :R]
-        if has_bias:
-            self.params[1].diff[...] = self.dw_aug[:, R]
+        dy2d = self.out2d  # reuse: (K, N*P)
+        np.copyto(dy2d.reshape(K, N, -1), dy.transpose(1, 0, 2))
+        w = self.params[0]
+        np.matmul(dy2d, self.col.T, out=w.diff.reshape(K, -1))
+        if len(self.params) > 1:
+            self.params[1].diff[...] = dy.sum(axis=(0, 2))
+        if propagate_down[0]:
+            if self.dcol is None:
+                self.dcol = np.empty((self.col.shape[0], self.piece * self.oh * self.ow), self.dtype)
+            for images, cols in self._pieces(N):
+                dcol = self.dcol[:, :cols.stop - cols.start]
+                np.matmul(w.data.reshape(K, -1).T, dy2d[:, cols], out=dcol)
+                col2im(dcol, bottoms[0].diff[images], self.k, self.k, self.pad, self.stride, self.dilation,
+                       self.oh, self.ow)
 
     def activation_density(self, bottoms):
         x = bottoms[0].data

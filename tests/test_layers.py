@@ -205,17 +205,14 @@ def omp_threads():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("min_columns,chunk", [(2 * 64, 2), (10 ** 6, 5)])
-def test_convolution_in_chunks_matches_reference(monkeypatch, omp_threads, ref_corr, threads, bias,
-                                                 min_columns, chunk):
+@pytest.mark.parametrize("piece_bytes,piece", [(1, 1), (2 * 27 * 64 * 8, 2), (1 << 30, 5)])
+def test_convolution_in_pieces_matches_reference(monkeypatch, omp_threads, ref_corr, threads, bias,
+                                                 piece_bytes, piece):
     import layers.convolution as convolution
     omp_threads(threads)
-    # CHUNK_BYTES = 1: pieces of one image; chunks of MIN_CHUNK_COLUMNS columns (8x8 outputs
-    # per image: chunks of 2, 2 and 1 images) or, above N·P columns, the whole batch
-    monkeypatch.setattr(convolution, "CHUNK_BYTES", 1)
-    monkeypatch.setattr(convolution, "MIN_CHUNK_COLUMNS", min_columns)
+    monkeypatch.setattr(convolution, "PIECE_BYTES", piece_bytes)    # R = 27, P = 64, float64
     layer, bottoms, tops = conv((5, 3, 8, 8), 4, 3, pad=1, stride=1, bias_term=bias)
-    assert layer.chunk == chunk
+    assert layer.piece == piece                                      # e.g. pieces of 2, 2 and 1 images
     layer.forward(bottoms, tops)
     b = layer.params[1].data if bias else np.zeros(4)
     np.testing.assert_allclose(tops[0].data, ref_corr(bottoms[0].data, layer.params[0].data, b, 1, 1),
@@ -223,13 +220,27 @@ def test_convolution_in_chunks_matches_reference(monkeypatch, omp_threads, ref_c
     check_gradients(layer, bottoms, tops)
 
 
-def test_convolution_chunk_rule():
+def test_convolution_pieces_give_the_whole_batch_products_bit_for_bit(monkeypatch):
+    # pieces of 2 images = 128 columns (8x8 outputs), a multiple of any BLAS kernel's
+    # width, so each column's sums run as in the whole-batch GEMM (as LeNet-5's 10,368
+    # and 512 columns do)
     import layers.convolution as convolution
-    # LeNet-5: conv1 (R = 25 + 1) in L2-sized chunks, conv2 (R = 500 + 1) in one
-    layer, bottoms, tops = conv((64, 1, 28, 28), 20, 5, dtype=np.float32)
-    assert layer.chunk == convolution.CHUNK_BYTES // (26 * 4) // 576 == 17
-    layer, bottoms, tops = conv((64, 20, 12, 12), 50, 5, dtype=np.float32)
-    assert layer.chunk == 64
+    results = []
+    for piece_bytes in (1 << 30, 2 * 36 * 64 * 4):                    # one piece; pieces of 2 images
+        monkeypatch.setattr(convolution, "PIECE_BYTES", piece_bytes)
+        layer, bottoms, tops = conv((6, 4, 8, 8), 5, 3, pad=1, dtype=np.float32)
+        tops[0].diff[...] = np.random.default_rng(1).standard_normal(tops[0].shape)
+        layer.forward(bottoms, tops)
+        layer.backward(tops, [True], bottoms)
+        results.append([tops[0].data.copy(), bottoms[0].diff.copy()] + [p.diff.copy() for p in layer.params])
+    for whole, pieces in zip(*results):
+        np.testing.assert_array_equal(whole, pieces)
+
+
+def test_convolution_piece_rule():
+    # LeNet-5: an L2-sized share of col (1 MB) is 18 images of conv1 and 8 of conv2
+    assert conv((64, 1, 28, 28), 20, 5, dtype=np.float32)[0].piece == 18
+    assert conv((64, 20, 12, 12), 50, 5, dtype=np.float32)[0].piece == 8
 
 
 def caffe_pool_reference(x, pool, k, s, pad):

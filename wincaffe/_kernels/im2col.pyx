@@ -4,9 +4,8 @@
 Layout: ``col[(c*kh + i)*kw + j, n*P + y*ow + x] = x_pad[n, c, y*s + i*d, x*s + j*d]``
 with P = oh*ow, i.e. ``col`` is (C*kh*kw, N*oh*ow), so that a convolution is
 ``W.reshape(K, C*kh*kw) @ col`` -> (K, N*oh*ow). Zero padding is implicit. ``col``
-may be a column slice of a wider array (rows contiguous, any row stride) and may
-have more rows than C*kh*kw: they are left alone (``Convolution`` keeps a row
-of ones there, so that the GEMM adds the bias).
+may be a column slice of a wider array (rows contiguous, any row stride):
+``Convolution`` fills and reads the batch's col piece by piece.
 Each row of ``col`` is written by one thread (prange over rows); ``col2im`` splits
 the work by channel so no two threads add into the same input element (the sums
 are therefore deterministic). Inner loops run on raw pointers over the valid
@@ -38,7 +37,7 @@ cdef inline Py_ssize_t _x_hi(Py_ssize_t x0, Py_ssize_t stride, Py_ssize_t W, Py_
 
 def im2col(const real[:, :, :, ::1] x, real[:, :] col, int kh, int kw,
            int pad, int stride, int dilation, int oh, int ow):
-    """x (N, C, H, W) -> col[:C*kh*kw] of col (>= C*kh*kw, N*oh*ow)."""
+    """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t rows = C * kh * kw, P = oh * ow
     cdef Py_ssize_t r, c, i, j, n, yy, xx, iy, x0, lo, hi
@@ -46,8 +45,8 @@ def im2col(const real[:, :, :, ::1] x, real[:, :] col, int kh, int kw,
     cdef real* dst
     if col.strides[1] != sizeof(real):
         raise ValueError("col: the rows must be contiguous (a column slice of a C-contiguous array is fine)")
-    if col.shape[0] < rows or col.shape[1] != N * P:
-        raise ValueError(f"col has shape {(col.shape[0], col.shape[1])}, expected (>= {rows}, {N * P})")
+    if col.shape[0] != rows or col.shape[1] != N * P:
+        raise ValueError(f"col has shape {(col.shape[0], col.shape[1])}, expected ({rows}, {N * P})")
     with nogil:
         for r in prange(rows, schedule="static"):
             c = r // (kh * kw)
