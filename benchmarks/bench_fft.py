@@ -51,7 +51,7 @@ from wincaffe.config import read_yaml  # noqa: E402
 from wincaffe.layer import layer_types  # noqa: E402
 from wincaffe.net import Net  # noqa: E402
 from wincaffe.testing import make_layer  # noqa: E402
-from torch_reference import conv2d_closures  # noqa: E402  (benchmarks/, beside this script)
+import torch_reference  # noqa: E402  (benchmarks/, beside this script)
 from timing import best_ms as _best_ms  # noqa: E402  (benchmarks/, beside this script)
 
 
@@ -129,12 +129,7 @@ def _torch_times(shape, K, k, pad, need_dx, repeat, threads):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal((K, shape[1], k, k)).astype(np.float32)
-    closures = conv2d_closures(x, w, np.zeros(K, np.float32), pad, need_dx)
-    if closures is None:
-        return None
-    import torch
-    torch.set_num_threads(threads)
-    return _best_ms(closures[0], repeat), _best_ms(closures[1], repeat)
+    return torch_reference.conv2d_times(x, w, np.zeros(K, np.float32), pad, need_dx, repeat, threads)
 
 
 def _fmt(t):

@@ -51,9 +51,10 @@ import wincaffe  # noqa: E402,F401  (its thread-pool defaults must precede NumPy
 import numpy as np  # noqa: E402
 
 from wincaffe._kernels.gemm import BACKEND as GEMM_BACKEND, batched_matmul  # noqa: E402
+from wincaffe._kernels.threads import get_omp_threads  # noqa: E402
 from wincaffe.layer import layer_types  # noqa: E402
 from wincaffe.testing import make_layer  # noqa: E402
-from torch_reference import conv2d_closures  # noqa: E402  (benchmarks/, beside this script)
+import torch_reference  # noqa: E402  (benchmarks/, beside this script)
 from timing import best_ms  # noqa: E402  (benchmarks/, beside this script)
 
 
@@ -135,9 +136,9 @@ def bench_row(label, shape, K, r, pad, tile, repeat):
     cf, cfb = best_ms(cf_fn, repeat), best_ms(cfb_fn, repeat)
     row = (f"{label:<26} F({tile},{r})  {wf:8.2f} {wb:8.2f} | {cf:8.2f} {cfb:8.2f} | "
            f"{cf / wf:5.2f}x {cfb / wb:5.2f}x | {tg:7.2f} {gflops:6.1f} {100 * (1 - tg / wf):5.0f}%")
-    t = conv2d_closures(x, w, b, pad)
+    t = torch_reference.conv2d_times(x, w, b, pad, True, repeat, get_omp_threads())
     if t is not None:
-        tf, tfb = best_ms(t[0], repeat), best_ms(t[1], repeat)
+        tf, tfb = t
         row += f" | {tf:8.2f} {tfb:8.2f} {tf / wf:5.2f}x"
     print(row, flush=True)
     return cname
@@ -156,11 +157,7 @@ def main(a):
     print(describe())
     print(f"WinogradConv benchmark, float32, best of {a.repeat}; threads: {pools}, OpenMP {get_omp_threads()}; "
           f"cpus: {os.cpu_count()}; kernels: {KERNELS}; batched GEMMs: {GEMM_BACKEND}")
-    try:
-        import torch  # noqa: F401
-        has_torch = True
-    except Exception:
-        has_torch = False
+    has_torch = torch_reference.available()     # timed in a process of its own
     cname = "conv" if "Convolution" in layer_types() else "im2col"
     head = (f"{'case':<26} tile    {'wino F':>8} {'F+B':>8} | {cname + ' F':>8} {'F+B':>8} | "
             f"{'ratio F':>6} {'F+B':>6} | {'gemm ms':>7} {'GF/s':>6} {'other':>6}")

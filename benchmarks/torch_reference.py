@@ -1,4 +1,57 @@
-"""PyTorch conv2d as the optional comparison in the benchmarks (never imported by wincaffe)."""
+"""PyTorch conv2d as the optional comparison in the benchmarks (never imported by wincaffe).
+
+PyTorch ships its own libgomp. Loaded beside wincaffe's kernels, it becomes their
+OpenMP runtime too, and its idle threads spin long enough to starve NumPy's BLAS
+threads: measured at 2 threads, WinogradConv and Convolution forward + backward
+25% slower once torch was imported, a LeNet-5 iteration 4x. So the benchmarks time
+PyTorch in a process of its own (:func:`conv2d_times`) and never import it themselves.
+"""
+import importlib.util
+
+_worker = None
+
+
+def available():
+    """Whether PyTorch is installed (without importing it here)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def _serve(conn):
+    import sys
+    import os
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch
+    from timing import best_ms
+    conn.send(torch.__version__)
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        x, w, b, pad, need_dx, repeat, threads = job
+        torch.set_num_threads(threads)
+        fwd, fb = conv2d_closures(x, w, b, pad, need_dx)
+        conn.send((best_ms(fwd, repeat), best_ms(fb, repeat)))
+
+
+def conv2d_times(x, w, b, pad, need_dx, repeat, threads):
+    """(forward ms, forward + backward ms) of ``torch.nn.functional.conv2d`` on these
+    arrays (best of ``repeat``, ``threads`` threads), timed in a spawned worker process
+    kept for later calls; None without PyTorch."""
+    global _worker
+    if not available():
+        return None
+    if _worker is None:
+        import atexit
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+        proc.start()
+        parent.recv()
+        _worker = parent
+        atexit.register(lambda: (parent.send(None), proc.join(timeout=10)))
+    _worker.send((x, w, b, pad, need_dx, repeat, threads))
+    return _worker.recv()
 
 
 def conv2d_closures(x, w, b, pad, need_dx=True):
