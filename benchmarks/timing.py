@@ -14,7 +14,7 @@ def best_ms(fn, repeat):
     return 1e3 * min(times)
 
 
-def sgemm_gflops(n=1024, repeat=5):
+def sgemm_gflops(n=1024, repeat=10):
     """The measured float32 GEMM rate of NumPy's BLAS (the one the layers call), in
     GFLOP/s: best of ``repeat`` n×n×n products on the current thread settings."""
     import numpy as np

@@ -268,3 +268,15 @@ def test_mults_with_weights_measures_sparse_counts(tmp_path, capsys):
     assert rep["total"]["winograd_sparse"] == sum(r["winograd_sparse"] if r["winograd_sparse"] is not None
                                                   else r["direct_sparse"] for r in rep["layers"])
     assert "reduction_transforms" not in rep["total"]
+
+
+def test_gemm_flops_per_iteration_of_lenet5_by_hand():
+    from wincaffe.counting import gemm_flops_per_iteration
+    from wincaffe.layer import TRAIN
+    from wincaffe.net import Net
+    net = Net(os.path.join(ROOT, "nets", "lenet5.yaml"), TRAIN)
+    batch = 64
+    per_image = {"conv1": 20 * 25 * 24 * 24, "conv2": 50 * 500 * 8 * 8, "ip1": 500 * 800, "ip2": 10 * 500}
+    passes = {"conv1": 2, "conv2": 3, "ip1": 3, "ip2": 3}      # conv1 does not propagate to the data
+    expect = sum(2 * per_image[n] * batch * passes[n] for n in per_image)
+    assert gemm_flops_per_iteration(net) == expect == 843_648_000
