@@ -401,11 +401,11 @@ class FFTConv(Layer):
                 self._sparse_products(X, Gc, out)                   # skip masked products
             else:
                 np.matmul(X, Gc.transpose(0, 2, 1), out=out)
-        y = self._y_c2r()                                           # (N, K, Fh, Fw)
-        top = tops[0].data
-        np.copyto(top, y[:, :, :self.Ho, :self.Wo])
-        if len(self.params) > 1:
-            top.reshape(N, K, -1)[...] += self.params[1].data[None, :, None]
+        y = self._y_c2r()[:, :, :self.Ho, :self.Wo]                 # (N, K, Fh, Fw) cropped
+        if len(self.params) > 1:                                    # crop and bias in one pass
+            np.add(y, self.params[1].data[None, :, None, None], out=tops[0].data)
+        else:
+            np.copyto(tops[0].data, y)
 
     def backward(self, tops, propagate_down, bottoms):
         N, C, H, W = self._geom
