@@ -6,16 +6,6 @@ bottom (N, C, H, W) -> top (N, K, oh, ow), oh = (H + 2p − d(k−1) − 1) // s
 Weights W (K, C, k, k), bias b (K,). Workspaces are kept between calls.
 Pruning: the ``spatial`` domain, scores |W|, a ``Param.mask`` on W (Liu et al.,
 Fig. 1a: the conventional baseline).
-
-col = im2col(x) is (R, N·P), R = C·k·k, P = oh·ow (Caffe's layout); forward is
-(K, R) @ col, dW = dY colᵀ and dcol = Wᵀ dY, with dY as (K, N·P), one GEMM over the
-whole batch each. The input gradient (GEMM, col2im) runs in pieces of images whose
-share of dcol is L2-sized (``PIECE_BYTES``), so that col2im reads dcol while it is
-still in L2 (LeNet-5's conv2 backward: 10-15% faster; the same split of the forward
-measured no faster). The pieces are column slices of the whole-batch GEMM: when
-their column counts are multiples of the BLAS kernel's width (LeNet-5's are), each
-column's sums run as in the whole product, bit for bit (tested; 40 LeNet-5 training
-iterations gave the weights of the whole-batch layer exactly).
 """
 import numpy as np
 
@@ -25,10 +15,6 @@ from wincaffe.conv_geometry import conv_output_shape, require_4d
 from wincaffe.fillers import fill
 from wincaffe.layer import Layer, SpatialPruning, register
 from wincaffe.schema import convolution_block
-
-
-# dcol bytes per piece of images in backward (about L2)
-PIECE_BYTES = 1 << 20
 
 
 @register("Convolution")
@@ -59,19 +45,10 @@ class Convolution(SpatialPruning, Layer):
         tops[0].reshape((N, K, oh, ow), self.dtype)
         if self._shape != (N, C, H, W):
             self._shape, self.oh, self.ow = (N, C, H, W), oh, ow
-            R, cols = C * self.k * self.k, N * oh * ow
-            self.col = np.empty((R, cols), self.dtype)            # im2col(x)
+            rows, cols = C * self.k * self.k, N * oh * ow
+            self.col = np.empty((rows, cols), self.dtype)        # im2col(x)
             self.out2d = np.empty((K, cols), self.dtype)          # W @ col, then dY as (K, N*P)
-            self.dcol = None                                      # one piece, on the first input gradient
-            itemsize = np.dtype(self.dtype).itemsize
-            self.piece = max(1, min(N, PIECE_BYTES // max(1, R * oh * ow * itemsize)))   # images
-
-    def _pieces(self, N):
-        """(image slice, column slice of col) of each piece of the batch."""
-        P = self.oh * self.ow
-        for a in range(0, N, self.piece):
-            b = min(N, a + self.piece)
-            yield slice(a, b), slice(a * P, b * P)
+            self.dcol = None                                      # allocated on first input gradient
 
     def forward(self, bottoms, tops):
         N, K = bottoms[0].shape[0], self.params[0].shape[0]
@@ -95,12 +72,10 @@ class Convolution(SpatialPruning, Layer):
             self.params[1].diff[...] = dy.sum(axis=(0, 2))
         if propagate_down[0]:
             if self.dcol is None:
-                self.dcol = np.empty((self.col.shape[0], self.piece * self.oh * self.ow), self.dtype)
-            for images, cols in self._pieces(N):
-                dcol = self.dcol[:, :cols.stop - cols.start]
-                np.matmul(w.data.reshape(K, -1).T, dy2d[:, cols], out=dcol)
-                col2im(dcol, bottoms[0].diff[images], self.k, self.k, self.pad, self.stride, self.dilation,
-                       self.oh, self.ow)
+                self.dcol = np.empty_like(self.col)
+            np.matmul(w.data.reshape(K, -1).T, dy2d, out=self.dcol)
+            col2im(self.dcol, bottoms[0].diff, self.k, self.k, self.pad, self.stride, self.dilation,
+                   self.oh, self.ow)
 
     def activation_density(self, bottoms):
         x = bottoms[0].data

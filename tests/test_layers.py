@@ -193,55 +193,7 @@ def test_dropout_train_and_test():
     np.testing.assert_array_equal(tops[0].data, bottoms[0].data)
 
 
-# ----- Convolution in chunks of images, pooling's fast paths, against plain references -----
-
-@pytest.fixture
-def omp_threads():
-    from wincaffe._kernels.threads import get_omp_threads, set_omp_threads
-    before = get_omp_threads()
-    yield set_omp_threads
-    set_omp_threads(before)
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("piece_bytes,piece", [(1, 1), (2 * 27 * 64 * 8, 2), (1 << 30, 5)])
-def test_convolution_in_pieces_matches_reference(monkeypatch, omp_threads, ref_corr, threads, bias,
-                                                 piece_bytes, piece):
-    import layers.convolution as convolution
-    omp_threads(threads)
-    monkeypatch.setattr(convolution, "PIECE_BYTES", piece_bytes)    # R = 27, P = 64, float64
-    layer, bottoms, tops = conv((5, 3, 8, 8), 4, 3, pad=1, stride=1, bias_term=bias)
-    assert layer.piece == piece                                      # e.g. pieces of 2, 2 and 1 images
-    layer.forward(bottoms, tops)
-    b = layer.params[1].data if bias else np.zeros(4)
-    np.testing.assert_allclose(tops[0].data, ref_corr(bottoms[0].data, layer.params[0].data, b, 1, 1),
-                               rtol=1e-10, atol=1e-10)
-    check_gradients(layer, bottoms, tops)
-
-
-def test_convolution_pieces_give_the_whole_batch_products_bit_for_bit(monkeypatch):
-    # pieces of 2 images = 128 columns (8x8 outputs), a multiple of any BLAS kernel's
-    # width, so each column's sums run as in the whole-batch GEMM (as LeNet-5's 10,368
-    # and 512 columns do)
-    import layers.convolution as convolution
-    results = []
-    for piece_bytes in (1 << 30, 2 * 36 * 64 * 4):                    # one piece; pieces of 2 images
-        monkeypatch.setattr(convolution, "PIECE_BYTES", piece_bytes)
-        layer, bottoms, tops = conv((6, 4, 8, 8), 5, 3, pad=1, dtype=np.float32)
-        tops[0].diff[...] = np.random.default_rng(1).standard_normal(tops[0].shape)
-        layer.forward(bottoms, tops)
-        layer.backward(tops, [True], bottoms)
-        results.append([tops[0].data.copy(), bottoms[0].diff.copy()] + [p.diff.copy() for p in layer.params])
-    for whole, pieces in zip(*results):
-        np.testing.assert_array_equal(whole, pieces)
-
-
-def test_convolution_piece_rule():
-    # LeNet-5: an L2-sized share of col (1 MB) is 18 images of conv1 and 8 of conv2
-    assert conv((64, 1, 28, 28), 20, 5, dtype=np.float32)[0].piece == 18
-    assert conv((64, 20, 12, 12), 50, 5, dtype=np.float32)[0].piece == 8
-
+# ----- pooling's fast paths against Caffe's loops -----
 
 def caffe_pool_reference(x, pool, k, s, pad):
     """Caffe's pooling, written as its loops: MAX scans each window row by row and
@@ -278,8 +230,8 @@ def caffe_pool_reference(x, pool, k, s, pad):
 
 @pytest.mark.parametrize("pool", ["MAX", "AVE"])
 @pytest.mark.parametrize("shape,k,s,pad", [
-    ((2, 3, 8, 8), 2, 2, 0), ((2, 2, 7, 9), 2, 2, 0), ((1, 2, 9, 6), 2, 2, 0), ((2, 2, 7, 9), 3, 2, 1),
-    ((1, 3, 8, 10), 3, 3, 0),
+    ((2, 3, 8, 8), 2, 2, 0), ((2, 2, 7, 9), 2, 2, 0), ((1, 2, 9, 6), 2, 2, 0), ((2, 2, 8, 9), 2, 2, 0),
+    ((2, 2, 8, 7), 2, 2, 0), ((2, 2, 7, 9), 3, 2, 1), ((1, 3, 8, 10), 3, 3, 0),
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pooling_equals_caffe_loops_with_ties_nan_and_signed_zeros(pool, shape, k, s, pad, dtype):
@@ -287,6 +239,8 @@ def test_pooling_equals_caffe_loops_with_ties_nan_and_signed_zeros(pool, shape, 
     x = rng.integers(-2, 3, size=shape).astype(dtype)           # many ties
     x.flat[rng.choice(x.size, 5, replace=False)] = np.nan
     x.flat[rng.choice(x.size, 5, replace=False)] = -0.0
+    if shape[2] >= 2 and shape[3] >= 4:
+        x[0, 0, :2, 2:4] = -0.0                                    # a window of four -0.0
     layer, bottoms, tops = make_layer("Pooling", [shape], dtype=dtype,
                                       pooling_param={"pool": pool, "kernel_size": k, "stride": s, "pad": pad})
     bottoms[0].data[...] = x
@@ -312,3 +266,19 @@ def test_pooling_equals_caffe_loops_with_ties_nan_and_signed_zeros(pool, shape, 
             expect[n, c, max(hs, 0):min(he, H), max(ws, 0):min(we, W)] += share
     np.testing.assert_array_equal(bottoms[0].diff, expect)
     np.testing.assert_array_equal(np.signbit(bottoms[0].diff), np.signbit(expect))
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 8, 9), (2, 3, 7, 8)])
+def test_float32_ave_pooling_sums_in_float32_like_caffe(shape):
+    # non-integer inputs: a sum in double (then rounded) differs from Caffe's float32 sum
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0, :2, :2] = np.float32(3e38)                              # overflows to inf in float32
+    layer, bottoms, tops = make_layer("Pooling", [shape], dtype=np.float32,
+                                      pooling_param={"pool": "AVE", "kernel_size": 2, "stride": 2})
+    bottoms[0].data[...] = x
+    layer.forward(bottoms, tops)
+    with np.errstate(over="ignore"):
+        y, _ = caffe_pool_reference(x, "AVE", 2, 2, 0)
+    assert np.isinf(y[0, 0, 0, 0])
+    np.testing.assert_array_equal(tops[0].data, y)

@@ -133,17 +133,20 @@ def count_net(net, batches=0):
 def gemm_flops_per_iteration(net):
     """Floating-point operations of one training iteration of ``net`` done as direct
     GEMMs (2 per multiply-add): for every layer with a ``direct`` count, the forward
-    product, the weight gradient, and the input gradient where the net propagates to
-    the layer's bottom, i.e. 2 · direct · batch · (2 + propagates). Divided by a
-    measured sgemm rate it is the time an im2col + GEMM implementation cannot beat:
-    the benchmarks print it beside each measured net time."""
+    product, and where the layer runs backward the weight gradient and, where the net
+    propagates to the layer's bottom, the input gradient:
+    2 · direct · batch · (1 + backward · (1 + propagates)). Divided by a measured sgemm
+    rate it is the time an im2col + GEMM implementation of the net cannot beat (not a
+    bound for Winograd or FFT layers, which do fewer multiplies); the benchmarks print
+    it beside each measured net time."""
     flops = 0
     for i, layer in enumerate(net.layers):
         counts = layer.count_mults()
-        if not counts or counts.get("direct") is None or not net.layer_needs_backward[i]:
+        if not counts or counts.get("direct") is None:
             continue
         batch = net.bottom_vecs[i][0].shape[0]
-        flops += 2 * counts["direct"] * batch * (2 + bool(net.propagate_down[i][0]))
+        backward = bool(net.layer_needs_backward[i])
+        flops += 2 * counts["direct"] * batch * (1 + backward * (1 + bool(net.propagate_down[i][0])))
     return flops
 
 

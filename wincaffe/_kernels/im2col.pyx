@@ -3,9 +3,7 @@
 
 Layout: ``col[(c*kh + i)*kw + j, n*P + y*ow + x] = x_pad[n, c, y*s + i*d, x*s + j*d]``
 with P = oh*ow, i.e. ``col`` is (C*kh*kw, N*oh*ow), so that a convolution is
-``W.reshape(K, C*kh*kw) @ col`` -> (K, N*oh*ow). Zero padding is implicit. ``col``
-may be a column slice of a wider array (rows contiguous, any row stride):
-``Convolution`` fills and reads the batch's col piece by piece.
+``W.reshape(K, C*kh*kw) @ col`` -> (K, N*oh*ow). Zero padding is implicit.
 Each row of ``col`` is written by one thread (prange over rows); ``col2im`` splits
 the work by channel so no two threads add into the same input element (the sums
 are therefore deterministic). Inner loops run on raw pointers over the valid
@@ -35,7 +33,7 @@ cdef inline Py_ssize_t _x_hi(Py_ssize_t x0, Py_ssize_t stride, Py_ssize_t W, Py_
     return b if b < ow else ow
 
 
-def im2col(const real[:, :, :, ::1] x, real[:, :] col, int kh, int kw,
+def im2col(const real[:, :, :, ::1] x, real[:, ::1] col, int kh, int kw,
            int pad, int stride, int dilation, int oh, int ow):
     """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -43,8 +41,6 @@ def im2col(const real[:, :, :, ::1] x, real[:, :] col, int kh, int kw,
     cdef Py_ssize_t r, c, i, j, n, yy, xx, iy, x0, lo, hi
     cdef const real* src
     cdef real* dst
-    if col.strides[1] != sizeof(real):
-        raise ValueError("col: the rows must be contiguous (a column slice of a C-contiguous array is fine)")
     if col.shape[0] != rows or col.shape[1] != N * P:
         raise ValueError(f"col has shape {(col.shape[0], col.shape[1])}, expected ({rows}, {N * P})")
     with nogil:
@@ -75,7 +71,7 @@ def im2col(const real[:, :, :, ::1] x, real[:, :] col, int kh, int kw,
                         dst[xx] = 0
 
 
-def col2im(const real[:, :] col, real[:, :, :, ::1] dx, int kh, int kw,
+def col2im(const real[:, ::1] col, real[:, :, :, ::1] dx, int kh, int kw,
            int pad, int stride, int dilation, int oh, int ow):
     """The adjoint of im2col: dx (N, C, H, W) = scatter-add of col (C*kh*kw, N*oh*ow).
     ``dx`` is overwritten."""
@@ -84,8 +80,6 @@ def col2im(const real[:, :] col, real[:, :, :, ::1] dx, int kh, int kw,
     cdef Py_ssize_t r, c, i, j, n, yy, xx, iy, x0, lo, hi
     cdef const real* src
     cdef real* dst
-    if col.strides[1] != sizeof(real):
-        raise ValueError("col: the rows must be contiguous (a column slice of a C-contiguous array is fine)")
     if col.shape[0] != C * kh * kw or col.shape[1] != N * P:
         raise ValueError(f"col has shape {(col.shape[0], col.shape[1])}, expected ({C * kh * kw}, {N * P})")
     with nogil:

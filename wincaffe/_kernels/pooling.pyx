@@ -178,16 +178,17 @@ def ave_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
             c = p % C
             for py in range(oh):
                 if fast2x2 and 2 * py + 1 < H:
-                    # full 2x2 windows: the same sum order and divisor as the general loop
+                    # full 2x2 windows: the same sum order, divisor and precision (<real>: a bare
+                    # 0 or 4 would be a C double and sum float32 inputs in double)
                     row0 = &x[n, c, 2 * py, 0]
                     row1 = row0 + W
                     out = &y[n, c, py, 0]
                     for px in range(W // 2 if W // 2 < ow else ow):
-                        out[px] = (0 + row0[2 * px] + row0[2 * px + 1] + row1[2 * px] + row1[2 * px + 1]) / 4
+                        out[px] = (<real>0 + row0[2 * px] + row0[2 * px + 1] + row1[2 * px] + row1[2 * px + 1]) / <real>4
                     px = W // 2
                     if px < ow:
                         w = _ave_window(py, px, H, W, kh, kw, sh, sw, pad)
-                        y[n, c, py, px] = (0 + row0[2 * px] + row1[2 * px]) / w.size
+                        y[n, c, py, px] = (<real>0 + row0[2 * px] + row1[2 * px]) / w.size
                     continue
                 for px in range(ow):
                     w = _ave_window(py, px, H, W, kh, kw, sh, sw, pad)
@@ -219,7 +220,7 @@ def ave_pool_backward(const real[:, :, :, ::1] dy, real[:, :, :, ::1] dx,
                     r0 = &dx[n, c, 2 * py, 0]
                     r1 = r0 + W
                     for px in range(ow):
-                        g = 0 + dy[n, c, py, px] / 4
+                        g = <real>0 + dy[n, c, py, px] / <real>4
                         r0[2 * px] = g
                         r0[2 * px + 1] = g
                         r1[2 * px] = g
