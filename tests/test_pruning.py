@@ -17,6 +17,7 @@ from wincaffe.layer import TRAIN
 from wincaffe.net import Net
 from wincaffe.snapshot import load_npz
 from wincaffe.transforms import fft
+from test_solver import toy_net  # the toy data set's nets
 
 
 
@@ -222,13 +223,7 @@ def test_bad_rates_are_clear_errors(bad):
 
 # ----- layers and nets --------------------------------------------------------------------------
 
-NET = """
-name: tiny
-layer:
-  - {name: data, type: Data, top: [data, label], include: {phase: TRAIN},
-     data_param: {source: toy, split: train, batch_size: 8}, transform_param: {scale: 0.0625}}
-  - {name: data, type: Data, top: [data, label], include: {phase: TEST},
-     data_param: {source: toy, split: test, batch_size: 10}, transform_param: {scale: 0.0625}}
+NET = toy_net("tiny", """
   - name: conv1
     type: WinogradConv
     bottom: data
@@ -248,10 +243,7 @@ layer:
     bottom: pool
     top: conv3
     convolution_param: {num_output: 5, kernel_size: 2}
-  - {name: ip, type: InnerProduct, bottom: conv3, top: ip, inner_product_param: {num_output: 3}}
-  - {name: acc, type: Accuracy, bottom: [ip, label], top: accuracy, include: {phase: TEST}}
-  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
-"""
+""", "conv3")
 
 SOLVER = """
 net: net.yaml

@@ -13,6 +13,7 @@ from wincaffe._kernels import quant as qk
 from wincaffe.errors import ConfigError, SnapshotError
 from wincaffe.testing import make_layer
 from wincaffe.transforms import quantization as qz
+from test_solver import toy_net  # the toy data set's nets
 
 PATHS = qk.available_paths()
 
@@ -457,13 +458,7 @@ def test_non_finite_inputs_quantize_alike_on_every_path(path):
 
 # ----- files and the command line --------------------------------------------------------------------
 
-NET = """
-name: qtiny
-layer:
-  - {name: data, type: Data, top: [data, label], include: {phase: TRAIN},
-     data_param: {source: toy, split: train, batch_size: 8}, transform_param: {scale: 0.0625}}
-  - {name: data, type: Data, top: [data, label], include: {phase: TEST},
-     data_param: {source: toy, split: test, batch_size: 10}, transform_param: {scale: 0.0625}}
+NET = toy_net("qtiny", """
   - name: conv1
     type: WinogradConv
     bottom: data
@@ -478,10 +473,7 @@ layer:
     convolution_param: {num_output: 4, kernel_size: 3}
     winograd_param: {tile: 2, weights: winograd}
   - {name: pool, type: Pooling, bottom: conv2, top: pool, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
-  - {name: ip, type: InnerProduct, bottom: pool, top: ip, inner_product_param: {num_output: 3}}
-  - {name: acc, type: Accuracy, bottom: [ip, label], top: accuracy, include: {phase: TEST}}
-  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
-"""
+""", "pool")
 
 SOLVER = """
 net: net.yaml

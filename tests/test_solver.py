@@ -11,13 +11,25 @@ from wincaffe.errors import SnapshotError, TrainingError
 from wincaffe.snapshot import load_npz, load_weights, save_npz
 from wincaffe.solver import Solver
 
-NET = """
-name: toy
+def toy_net(name, body, features):
+    """The YAML of a toy-data net: its TRAIN and TEST Data layers (batches of 8 and 10),
+    ``body`` (layer entries, indented as list items under ``layer:``), then a 3-class
+    InnerProduct on the blob ``features`` with accuracy (TEST) and softmax loss."""
+    return f"""
+name: {name}
 layer:
-  - {name: data, type: Data, top: [data, label], include: {phase: TRAIN},
-     data_param: {source: toy, split: train, batch_size: 8}, transform_param: {scale: 0.0625}}
-  - {name: data, type: Data, top: [data, label], include: {phase: TEST},
-     data_param: {source: toy, split: test, batch_size: 10}, transform_param: {scale: 0.0625}}
+  - {{name: data, type: Data, top: [data, label], include: {{phase: TRAIN}},
+     data_param: {{source: toy, split: train, batch_size: 8}}, transform_param: {{scale: 0.0625}}}}
+  - {{name: data, type: Data, top: [data, label], include: {{phase: TEST}},
+     data_param: {{source: toy, split: test, batch_size: 10}}, transform_param: {{scale: 0.0625}}}}
+{body.strip(chr(10))}
+  - {{name: ip, type: InnerProduct, bottom: {features}, top: ip, inner_product_param: {{num_output: 3}}}}
+  - {{name: acc, type: Accuracy, bottom: [ip, label], top: accuracy, include: {{phase: TEST}}}}
+  - {{name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}}
+"""
+
+
+NET = toy_net("toy", """
   - name: conv
     type: Convolution
     bottom: data
@@ -27,10 +39,7 @@ layer:
   - {name: pool, type: Pooling, bottom: conv, top: pool, pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
   - {name: relu, type: ReLU, bottom: pool, top: pool}
   - {name: drop, type: Dropout, bottom: pool, top: pool, dropout_param: {dropout_ratio: 0.2}}
-  - {name: ip, type: InnerProduct, bottom: pool, top: ip, inner_product_param: {num_output: 3}}
-  - {name: acc, type: Accuracy, bottom: [ip, label], top: accuracy, include: {phase: TEST}}
-  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
-"""
+""", "pool")
 
 SOLVER = """
 net: net.yaml
