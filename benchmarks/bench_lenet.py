@@ -105,42 +105,27 @@ def bench_torch(iters):
     return run
 
 
-def _torch_worker(conn, threads, iters):
-    """The PyTorch runner, in a process of its own: PyTorch ships its own libgomp,
-    which, loaded beside wincaffe's kernels, spins its idle OpenMP threads long enough
-    to starve the BLAS threads (measured: an im2col + matmul pair at 2 threads 17x
-    slower once torch was imported). Runs a timed block on each request."""
+def _serve_torch(conn, threads, iters):
+    """The PyTorch runner, in a process of its own (see torch_reference: PyTorch's
+    libgomp loaded beside wincaffe's kernels starves the BLAS threads); runs a timed
+    block on each request."""
     import torch
     from wincaffe.threads import set_num_threads
     set_num_threads(threads)
     torch.set_num_threads(threads)
     run = bench_torch(iters)
     conn.send(torch.__version__)
-    while conn.recv():
+    while conn.recv() is not None:
         conn.send(run())
 
 
 def start_torch(threads, iters):
-    """(name, run) of the PyTorch runner in a spawned process, or None without PyTorch."""
-    import importlib.util
-    import multiprocessing
-    if importlib.util.find_spec("torch") is None:
+    """(name, run, stop) of the PyTorch runner in a spawned process, or None without PyTorch."""
+    import torch_reference
+    if not torch_reference.available():
         return None
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_torch_worker, args=(child, threads, iters), daemon=True)
-    proc.start()
-    version = parent.recv()
-
-    def run():
-        parent.send(True)
-        return parent.recv()
-
-    def stop():
-        parent.send(False)
-        proc.join(timeout=10)
-    run.stop = stop
-    return f"pytorch {version}", run
+    version, call, stop = torch_reference.spawn(_serve_torch, threads, iters)
+    return f"pytorch {version}", lambda: call(True), stop
 
 
 def main(argv=None):
@@ -162,6 +147,7 @@ def main(argv=None):
         ap.error(f"--net: a net is given twice: {' '.join(names)}")
     runners = {name: bench_wincaffe(net, args.iters) for name, net in zip(names, args.net)}
     nets = list(runners)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     torch_runner = start_torch(args.threads, args.iters)
     if torch_runner:
         runners[torch_runner[0]] = torch_runner[1]
@@ -172,7 +158,7 @@ def main(argv=None):
         for name, run in runners.items():
             results[name].append(run())
     if torch_runner:
-        torch_runner[1].stop()
+        torch_runner[2]()
     width = max(22, max(len(n) for n in runners) + 2)
     from wincaffe.machine import describe
     print(describe())
@@ -184,7 +170,6 @@ def main(argv=None):
         total = statistics.median(sum(b) for b in blocks)
         totals[name] = total
         print(f"{name:<{width}}{med[0]:9.2f}{med[1]:10.2f}{med[2]:9.2f}{total:10.2f}{total * 938 / 1000:9.1f}")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from timing import sgemm_gflops
     rate = sgemm_gflops()
     print(f"GEMM bound (GEMM flops of the iteration / sgemm {rate:.0f} GFLOP/s measured now, NumPy's BLAS):")

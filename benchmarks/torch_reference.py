@@ -8,7 +8,7 @@ PyTorch in a process of its own (:func:`conv2d_times`) and never import it thems
 """
 import importlib.util
 
-_worker = None
+_conv2d_worker = None
 
 
 def available():
@@ -16,17 +16,40 @@ def available():
     return importlib.util.find_spec("torch") is not None
 
 
-def _serve(conn):
-    import sys
+def spawn(serve, *args):
+    """Start ``serve(conn, *args)`` in a spawned process (a fresh interpreter, so torch's
+    libgomp never meets wincaffe's). ``serve`` first sends one message (e.g. the torch
+    version), then answers every job it receives until it receives None. Returns
+    ``(first message, call, stop)``: ``call(job)`` sends a job and returns the answer;
+    ``stop()`` (also run at exit) ends the process."""
+    import atexit
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=serve, args=(child,) + args, daemon=True)
+    proc.start()
+    first = parent.recv()
+
+    def call(job):
+        parent.send(job)
+        return parent.recv()
+
+    def stop():
+        if proc.is_alive():
+            parent.send(None)
+            proc.join(timeout=10)
+    atexit.register(stop)
+    return first, call, stop
+
+
+def _serve_conv2d(conn):
     import os
+    import sys
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch
     from timing import best_ms
     conn.send(torch.__version__)
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
+    while (job := conn.recv()) is not None:
         x, w, b, pad, need_dx, repeat, threads = job
         torch.set_num_threads(threads)
         fwd, fb = conv2d_closures(x, w, b, pad, need_dx)
@@ -37,21 +60,12 @@ def conv2d_times(x, w, b, pad, need_dx, repeat, threads):
     """(forward ms, forward + backward ms) of ``torch.nn.functional.conv2d`` on these
     arrays (best of ``repeat``, ``threads`` threads), timed in a spawned worker process
     kept for later calls; None without PyTorch."""
-    global _worker
+    global _conv2d_worker
     if not available():
         return None
-    if _worker is None:
-        import atexit
-        import multiprocessing
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(child,), daemon=True)
-        proc.start()
-        parent.recv()
-        _worker = parent
-        atexit.register(lambda: (parent.send(None), proc.join(timeout=10)))
-    _worker.send((x, w, b, pad, need_dx, repeat, threads))
-    return _worker.recv()
+    if _conv2d_worker is None:
+        _conv2d_worker = spawn(_serve_conv2d)[1]
+    return _conv2d_worker((x, w, b, pad, need_dx, repeat, threads))
 
 
 def conv2d_closures(x, w, b, pad, need_dx=True):
