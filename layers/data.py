@@ -89,7 +89,8 @@ class Data(Layer):
     def forward(self, bottoms, tops):
         idx = self._next_indices()
         x = tops[0].data
-        batch = self.images[idx]
+        batch = self.workspace("data_raw", x.shape, self.images.dtype)
+        np.take(self.images, idx, axis=0, out=batch)
         if self.random_shift:
             batch = self._shifted(batch)
         np.multiply(batch, self.scale, out=x, casting="unsafe")
@@ -102,10 +103,11 @@ class Data(Layer):
         """(B, C, H, W) -> the same images, each translated by its own random (dy, dx)."""
         s = self.random_shift
         H, W = batch.shape[-2:]
-        padded = np.zeros(batch.shape[:-2] + (H + 2 * s, W + 2 * s), batch.dtype)
+        # the net's scratch: its border is never written, so it stays zero
+        padded = self.workspace("data_padded", batch.shape[:-2] + (H + 2 * s, W + 2 * s), batch.dtype)
         padded[..., s:s + H, s:s + W] = batch
         offsets = self.own_rng.integers(0, 2 * s + 1, size=(len(batch), 2))
-        out = np.empty_like(batch)
+        out = self.workspace("data_shifted", batch.shape, batch.dtype)
         for i, (oy, ox) in enumerate(offsets):     # out[i] = padded window at (oy, ox)
             out[i] = padded[i, ..., oy:oy + H, ox:ox + W]
         return out

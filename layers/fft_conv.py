@@ -160,6 +160,9 @@ class FFTConv(Layer):
         self.spectrum_shape = (K, C, Fh, fft.half_width(Fw))
         self.ctype = fft.complex_dtype(self.dtype)
         self.scale = 1.0 / (Fh * Fw)
+        F = Fh * fft.half_width(Fw)
+        self._Gc = np.empty((F, K, C), self.ctype)      # conj(G ⊙ M)/(Fh·Fw), kept for backward
+        self._dft_work = k * (k + fft.half_width(Fw)) * K * C   # entries of rfft2_small's scratch
 
         W0 = fill(p.weight_filler, (K, C, k, k), self.rng, self.dtype)
         if self.weights_mode == "spectral":
@@ -331,27 +334,30 @@ class FFTConv(Layer):
             w.data = np.ascontiguousarray(w.data)
         return w.data.view(self.ctype)[..., 0]
 
-    def _spatial_spectrum_fm(self, conjugate=False, scale=1.0):
+    def _spatial_spectrum_fm(self, conjugate=False, scale=None, out=None):
         """rfft2(scale·W) (or its conjugate) frequency-major (F, K, C), by matrix DFTs:
-        only k × k of the canvas is nonzero (:func:`wincaffe.transforms.fft.rfft2_small`)."""
+        only k × k of the canvas is nonzero (:func:`wincaffe.transforms.fft.rfft2_small`).
+        Into ``out`` (F, K, C) with the net's scratch, or a new array."""
         K, C = self.spectrum_shape[:2]
         W = self.params[0].data.reshape(K * C, self.k, self.k)
-        if scale != 1.0:
-            W = W * self.dtype.type(scale)
-        return fft.rfft2_small(W, self.fshape, conjugate=conjugate).reshape(-1, K, C)
+        s = None if scale is None else self.dtype.type(scale)
+        work = None if out is None else self.workspace("fft_small_dft", (self._dft_work,), self.ctype)
+        G = fft.rfft2_small(W, self.fshape, conjugate=conjugate, scale=s,
+                            out=None if out is None else out.reshape(self.fshape[0], -1, K * C), work=work)
+        return G.reshape(-1, K, C)
 
     def _conj_kernel_spectrum_fm(self):
-        """conj(G ⊙ M)/(Fh·Fw) frequency-major (F, K, C), a new array, what the forward
+        """conj(G ⊙ M)/(Fh·Fw) frequency-major (F, K, C) into ``self._Gc``, what the forward
         multiplies by; keeps M frequency-major in ``self._Mfm`` (None without a mask)."""
-        K, C, Fh, Fw2 = self.spectrum_shape
+        K, C = self.spectrum_shape[:2]
+        Gc = self._Gc
         if self.weights_mode == "spectral":
             G = np.moveaxis(self._spectral_param().reshape(K, C, -1), 2, 0)
-            Gc = np.empty((Fh * Fw2, K, C), self.ctype)
             np.conjugate(G, out=Gc)
             Gc *= self.dtype.type(self.scale)
             has_mask = self.params[0].mask is not None
         else:
-            Gc = self._spatial_spectrum_fm(conjugate=True, scale=self.scale)
+            self._spatial_spectrum_fm(conjugate=True, scale=self.scale, out=Gc)
             has_mask = self.weights_mode == "spatial_masked"
         self._Mfm = None
         if has_mask:  # read every time: pruning code may change the mask in place
@@ -386,10 +392,10 @@ class FFTConv(Layer):
         xp = self._x_r2c
         xp.input[..., p:p + H, p:p + W] = bottoms[0].data
         Gc = self._conj_kernel_spectrum_fm()                       # (F, K, C) = conj(G ⊙ M)/(Fh·Fw)
-        self._Gc = Gc
         if self._outer:                                             # C = 1, natural layout
             X = xp().reshape(N, -1)                                 # (N, F)
-            Gk = np.ascontiguousarray(Gc[:, :, 0].T)                # (K, F)
+            Gk = self.workspace("fft_outer_g", (K, Gc.shape[0]), self.ctype)
+            np.copyto(Gk, Gc[:, :, 0].T)                            # (K, F)
             np.multiply(X[:, None, :], Gk[None], out=self._y_c2r.input.reshape(N, K, -1))
             self._X = None
             self._Xn = X
@@ -421,14 +427,20 @@ class FFTConv(Layer):
         if len(self.params) > 1:
             self.params[1].diff[...] = dy.sum(axis=(0, 2, 3))
 
-        X = self._X
-        if X is None:                                               # C = 1: (N, F) -> (F, N, 1)
-            X = np.ascontiguousarray(self._Xn.T).reshape(-1, N, 1)
+        F = D.shape[0]
+        X = self._X                                                 # (F, N, C); C = 1: (N, F) in _Xn
+        E = self.workspace("fft_e", (F, K, C), self.ctype)
         # E = Σ_n conj(D) · X  (F, K, C); conjugate the smaller operand, keep conj(E) if cheaper
         if C <= K:
-            E, is_conj = np.matmul(D.transpose(0, 2, 1), np.conj(X)), True
-        else:
-            E, is_conj = np.matmul(np.conj(D).transpose(0, 2, 1), X), False
+            Xc = self.workspace("fft_conj_x", (F, N, C), self.ctype)
+            np.conjugate(self._Xn.T.reshape(F, N, 1) if X is None else X, out=Xc)
+            np.matmul(D.transpose(0, 2, 1), Xc, out=E)
+            is_conj = True
+        else:                                                       # C > K > 0: never the C = 1 path
+            Dc = self.workspace("fft_conj_d", D.shape, self.ctype)
+            np.conjugate(D, out=Dc)
+            np.matmul(Dc.transpose(0, 2, 1), X, out=E)
+            is_conj = False
         if self._Mfm is not None:
             E *= self._Mfm                                          # M ⊙ E (M is real)
         w = self.params[0]
@@ -440,12 +452,16 @@ class FFTConv(Layer):
             else:
                 np.copyto(dS, np.moveaxis(E, 0, 2))
         else:                                                       # dW = irfft2(M ⊙ E)[:k, :k]
-            dW = fft.irfft2_small(E.reshape(fs[0], -1, K * C), fs, (self.k, self.k), conjugate=is_conj)
-            np.multiply(dW.reshape(w.diff.shape), self.dtype.type(self.scale), out=w.diff)
+            dW = w.diff.reshape(K * C, self.k, self.k)
+            fft.irfft2_small(E.reshape(fs[0], -1, K * C), fs, (self.k, self.k), conjugate=is_conj, out=dW,
+                             work=self.workspace("fft_small_dft", (self._dft_work,), self.ctype))
+            np.multiply(dW, self.dtype.type(self.scale), out=dW)
 
         if propagate_down[0]:
             if self._dx_c2r is None:
                 self._dx_c2r = b.plan_c2r((N, C), fs, dt, freq_major=True, cached=False)
-            np.matmul(D, np.conj(self._Gc), out=self._dx_c2r.input.reshape(-1, N, C))   # Σ_k D · (G ⊙ M)
+            G = self.workspace("fft_g", self._Gc.shape, self.ctype)
+            np.conjugate(self._Gc, out=G)
+            np.matmul(D, G, out=self._dx_c2r.input.reshape(-1, N, C))   # Σ_k D · (G ⊙ M)
             dx = self._dx_c2r()
             np.copyto(bottoms[0].diff, dx[:, :, p:p + H, p:p + W])

@@ -24,13 +24,23 @@ class ReLU(Layer):
         if self.slope == 0.0:
             np.maximum(x, 0, out=y)
         else:
-            gain = np.where(x > 0, 1.0, self.slope).astype(x.dtype)
-            np.multiply(x, gain, out=y)
+            np.multiply(x, self._gain(x), out=y)
 
     def backward(self, tops, propagate_down, bottoms):
         if not propagate_down[0]:
             return
         # For an in-place layer bottoms[0].data is y; y > 0 exactly where x > 0.
         y = tops[0].data
-        gain = (y > 0) if self.slope == 0.0 else np.where(y > 0, 1.0, self.slope).astype(y.dtype)
-        np.multiply(tops[0].diff, gain, out=bottoms[0].diff)
+        np.multiply(tops[0].diff, self._gain(y), out=bottoms[0].diff)
+
+    def _gain(self, x):
+        """dy/dx where x is the input (or, in place, the output): the mask x > 0 (bool), or
+        1 there and negative_slope elsewhere (x's dtype), in the net's scratch."""
+        positive = self.workspace("relu_positive", x.shape, np.bool_)
+        np.greater(x, 0, out=positive)
+        if self.slope == 0.0:
+            return positive
+        gain = self.workspace("relu_gain", x.shape, x.dtype)
+        gain.fill(self.slope)
+        np.copyto(gain, 1, where=positive)
+        return gain

@@ -46,7 +46,8 @@ The returned array may be owned by the plan and overwritten by its next call.
 
 :func:`rfft2_small` / :func:`irfft2_small` compute the same transforms for a
 small k × k array on the big canvas (a convolution kernel) as two matrix
-products each: the kernel's spectrum F(g) and the kernel gradient.
+products each: the kernel's spectrum F(g) and the kernel gradient (into buffers
+the caller keeps, if it passes them).
 
 Measured (benchmarks/bench_fft.py, LeNet conv2 spectra, one thread): FFTW with
 plans ≈ 2× scipy.fft, and numpy.fft ≈ 5–7× slower than scipy.fft.
@@ -174,7 +175,7 @@ def _dft_rows(n, m, sign, cdtype):
     return np.exp(sign * 2j * np.pi * ((a * b) % n) / n).astype(cdtype)
 
 
-def rfft2_small(w, fshape, conjugate=False):
+def rfft2_small(w, fshape, conjugate=False, *, scale=None, out=None, work=None):
     """The unnormalised half spectrum of kernels w (B, kh, kw) placed at the origin of
     an Fh × Fw canvas, frequency-major (Fh, Fw//2 + 1, B), as two matrix products:
 
@@ -182,21 +183,37 @@ def rfft2_small(w, fshape, conjugate=False):
 
     Equal to ``r2c`` of the zero-padded canvas, at kh·kw/(Fh·Fw) of its input size:
     the kernel transform of Liu & Turakhia, eq. (1), F(g), for small g (BLAS instead of an FFT
-    of mostly zeros). ``conjugate=True`` returns conj(G) at no extra cost.
+    of mostly zeros). ``conjugate=True`` returns conj(G) at no extra cost; ``scale``
+    (a scalar of w's dtype) transforms scale·w instead, rounded as ``w * scale``.
+
+    A caller transforming every iteration passes ``out`` (Fh, Fw', B) and ``work``
+    (at least kh·(kw + Fw')·B entries, 1-D), both complex, and nothing is allocated;
+    the result is ``out``.
     """
     sign = +1 if conjugate else -1
     w = np.asarray(w)
     B, kh, kw = w.shape
     Fh, Fw = int(fshape[0]), int(fshape[1])
+    Fw2 = half_width(Fw)
     cd = complex_dtype(w.dtype)
-    Aw = _twiddle(("fw", Fw, kw, sign, cd.str), lambda: _dft_rows(Fw, kw, sign, cd)[:half_width(Fw)])  # (Fw', kw)
-    Ah = _twiddle(("fh", Fh, kh, sign, cd.str), lambda: _dft_rows(Fh, kh, sign, cd))                   # (Fh, kh)
-    wt = np.ascontiguousarray(w.transpose(1, 2, 0))           # (kh, kw, B)
-    T = np.matmul(Aw, wt)                                     # (kh, Fw', B)
-    return (Ah @ T.reshape(kh, -1)).reshape(Fh, half_width(Fw), B)
+    Aw = _twiddle(("fw", Fw, kw, sign, cd.str), lambda: _dft_rows(Fw, kw, sign, cd)[:Fw2])   # (Fw', kw)
+    Ah = _twiddle(("fh", Fh, kh, sign, cd.str), lambda: _dft_rows(Fh, kh, sign, cd))         # (Fh, kh)
+    if work is None:
+        work = np.empty(kh * (kw + Fw2) * B, cd)
+    if out is None:
+        out = np.empty((Fh, Fw2, B), cd)
+    wt = work[:kh * kw * B].reshape(kh, kw, B)
+    T = work[kh * kw * B:kh * (kw + Fw2) * B].reshape(kh, Fw2, B)
+    if scale is None:
+        np.copyto(wt, w.transpose(1, 2, 0))
+    else:
+        np.multiply(w.transpose(1, 2, 0), scale, out=wt)      # the real product, then exact to complex
+    np.matmul(Aw, wt, out=T)
+    np.matmul(Ah, T.reshape(kh, -1), out=out.reshape(Fh, -1))
+    return out
 
 
-def irfft2_small(Z, fshape, kshape, conjugate=False):
+def irfft2_small(Z, fshape, kshape, conjugate=False, *, out=None, work=None):
     """The top-left kh × kw corner of the unnormalised c2r of Z (Fh, Fw//2 + 1, B)
     (frequency-major), as (B, kh, kw) real, by two matrix products:
 
@@ -206,6 +223,8 @@ def irfft2_small(Z, fshape, kshape, conjugate=False):
     the imaginary parts of the v = 0 and v = Fw/2 columns after the transform along Fh).
     It is the adjoint of :func:`rfft2_small` up to ω, i.e. the kernel gradient.
     ``conjugate=True``: Z holds conj(Z) (the result is the same real array).
+    ``out`` (B, kh, kw) real and ``work`` (at least kh·(Fw' + kw)·B entries, 1-D,
+    complex), when given, receive the result and the intermediates.
     """
     sign = -1 if conjugate else +1
     Z = np.asarray(Z)
@@ -216,9 +235,16 @@ def irfft2_small(Z, fshape, kshape, conjugate=False):
     Bh = _twiddle(("ih", Fh, kh, sign, cd.str), lambda: _dft_rows(Fh, kh, sign, cd).T.copy())     # (kh, Fh)
     Cw = _twiddle(("iw", Fw, kw, sign, cd.str), lambda: (_dft_rows(Fw, kw, sign, np.complex128)[:Fw2].T
                                                          * hermitian_weights(Fw)).astype(cd))  # (kw, Fw')
-    P = (Bh @ Z.reshape(Fh, -1)).reshape(kh, Fw2, B)          # (kh, Fw', B)
-    out = np.matmul(Cw, P).real                               # (kh, kw, B)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    if work is None:
+        work = np.empty(kh * (Fw2 + kw) * B, cd)
+    if out is None:
+        out = np.empty((B, kh, kw), cd.type(0).real.dtype)
+    P = work[:kh * Fw2 * B].reshape(kh, Fw2, B)
+    Q = work[kh * Fw2 * B:kh * (Fw2 + kw) * B].reshape(kh, kw, B)
+    np.matmul(Bh, Z.reshape(Fh, -1), out=P.reshape(kh, -1))
+    np.matmul(Cw, P, out=Q)
+    np.copyto(out, Q.real.transpose(2, 0, 1))
+    return out
 
 
 # ----- the cache folder and FFTW wisdom -----------------------------------------------------

@@ -1,0 +1,75 @@
+"""The training hot path allocates no arrays: after two warm-up iterations, no layer's
+forward or backward and no solver update of the LeNet-5 nets allocates more than
+NumPy's own iterator buffers (8,192 elements per operand of a broadcast or casting
+ufunc: 64 KiB for float64, so up to a few of them at once). Workspaces, FFT plans
+and spectra are made once and reused; a regression that allocates a temporary of
+more than 200 kB per iteration (the size of any conv or pool blob of these nets:
+pool2's top is 205 kB in float32) fails here, naming the layer.
+"""
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from wincaffe.config import load_solver_spec
+from wincaffe.solver import Solver
+
+pytestmark = pytest.mark.mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIMIT = 200_000   # bytes of transient allocation allowed per pass (NumPy's iterator buffers)
+
+SOLVERS = ["lenet5_solver.yaml", "lenet5_fft_solver.yaml", "lenet5_winograd_solver.yaml",
+           "lenet5_3x3_winograd_relu_solver.yaml", "lenet5_pad1_3x3_winograd_solver.yaml"]
+
+
+def _passes(solver):
+    """(name, callable) for every layer pass of one iteration, then the solver update."""
+    net = solver.net
+    out = [(f"{layer.name} forward", lambda i=i: net._forward_layer(i)) for i, layer in enumerate(net.layers)]
+    out += [(f"{net.layers[i].name} backward", lambda i=i: net._backward_layer(i))
+            for i in range(len(net.layers) - 1, -1, -1) if net.layer_needs_backward[i]]
+    out.append(("solver update", solver.apply_update))
+    return out
+
+
+def _peak_allocation(run):
+    """Bytes allocated at the peak of ``run()`` above what was allocated before it, and
+    the bytes still allocated after it."""
+    tracemalloc.reset_peak()
+    before = tracemalloc.get_traced_memory()[0]
+    run()
+    now, peak = tracemalloc.get_traced_memory()
+    return peak - before, now - before
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_a_training_iteration_allocates_no_large_array(name, tmp_path):
+    spec = load_solver_spec(os.path.join(ROOT, "nets", name))
+    spec["test_iter"] = spec["test_interval"] = spec["display"] = spec["snapshot"] = 0
+    solver = Solver(spec, output_dir=str(tmp_path), progress=False)
+    solver.step(2)                        # warm up: workspaces, plans, history
+    tracemalloc.start()
+    try:
+        for what, run in _passes(solver):
+            peak, kept = _peak_allocation(run)
+            assert peak <= LIMIT, f"{name}: {what} allocated {peak:,} bytes"
+            assert kept <= 4096, f"{name}: {what} kept {kept:,} bytes allocated"
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_check_sees_a_blob_sized_temporary(tmp_path):
+    """The measure itself: a pass that makes one temporary of conv2's top is caught."""
+    spec = load_solver_spec(os.path.join(ROOT, "nets", "lenet5_solver.yaml"))
+    spec["test_iter"] = spec["test_interval"] = spec["display"] = spec["snapshot"] = 0
+    solver = Solver(spec, output_dir=str(tmp_path), progress=False)
+    solver.step(1)
+    top = solver.net.blobs["conv2"].data
+    tracemalloc.start()
+    try:
+        peak, kept = _peak_allocation(lambda: top * 2)
+    finally:
+        tracemalloc.stop()
+    assert top.nbytes == 64 * 50 * 8 * 8 * 4 and peak >= top.nbytes > LIMIT and kept < 4096
