@@ -77,6 +77,15 @@ class Convolution(SpatialPruning, Layer):
             col2im(self.dcol, bottoms[0].diff, self.k, self.k, self.pad, self.stride, self.dilation,
                    self.oh, self.ow)
 
+    def intermediate_traffic(self, propagate_down):
+        """Forward: im2col writes ``col`` (C·k², N·P) and the GEMM reads it; the GEMM writes
+        (K, N·P) and the bias pass reads it. Backward: dY copied into that layout and read
+        by the dW GEMM (and by the dX GEMM), ``col`` read once more, and for an input
+        gradient ``dcol`` written by the GEMM and read by col2im."""
+        col, out = self.col.nbytes, self.out2d.nbytes
+        down = bool(propagate_down[0])
+        return 2 * col + 2 * out, out * (2 + down) + col + 2 * col * down
+
     def activation_density(self, bottoms):
         x = bottoms[0].data
         return "spatial", float(np.count_nonzero(x)) / x.size

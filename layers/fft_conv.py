@@ -365,6 +365,23 @@ class FFTConv(Layer):
             Gc *= self._Mfm
         return Gc
 
+    def intermediate_traffic(self, propagate_down):
+        """Each written once and read once: forward, the input canvas (N, C, Fh, Fw), its
+        spectrum X, the product spectrum Y (N, K, ·) and the output canvas, and the kernel
+        spectrum (F, K, C); backward, the dY canvas and its spectrum D (read once more for
+        dx), X read and conjugated, E (F, K, C), and for an input gradient the dX spectrum
+        and canvas."""
+        N, C = self._geom[:2]
+        K, _, Fh, Fw2 = self.spectrum_shape
+        real, cplx = self.dtype.itemsize, self.ctype.itemsize
+        x_canvas, y_canvas = (N * c * Fh * self.fshape[1] * real for c in (C, K))
+        X, Y, G = N * C * Fh * Fw2 * cplx, N * K * Fh * Fw2 * cplx, K * C * Fh * Fw2 * cplx
+        forward = 2 * (x_canvas + X + Y + y_canvas + G)
+        backward = 2 * y_canvas + 2 * Y + 3 * X + 2 * G
+        if propagate_down[0]:
+            backward += Y + 2 * X + 2 * x_canvas + 2 * G
+        return forward, backward
+
     # ----- reshape / forward / backward -------------------------------------------
     def reshape(self, bottoms, tops):
         N, C, H, W = bottoms[0].shape

@@ -31,6 +31,7 @@ class Pooling(Layer):
         global_pooling=Field(bool, False),
     )}
     num_bottoms = 1
+    backward_reads_bottoms = False    # MAX reads the argmax, AVE only the top's diff
     num_tops = 1
 
     def setup(self, bottoms, tops):
@@ -60,6 +61,12 @@ class Pooling(Layer):
         tops[0].reshape((N, C, oh, ow), self.dtype)
         if self.mode == "MAX" and getattr(self, "argmax", np.empty(0)).shape != (N, C, oh, ow):
             self.argmax = np.empty((N, C, oh, ow), np.int32)
+
+    def intermediate_traffic(self, propagate_down):
+        """MAX: the argmax (int32, the top's shape) written by the forward, read by the backward."""
+        if self.mode != "MAX":
+            return 0, 0
+        return self.argmax.nbytes, self.argmax.nbytes if propagate_down[0] else 0
 
     def forward(self, bottoms, tops):
         if self.mode == "MAX":

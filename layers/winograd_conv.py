@@ -305,6 +305,19 @@ class WinogradConv(Layer):
             self.NT = N * self.th * self.tw
             self.V = np.empty((self.alpha ** 2, C, self.NT), self.dtype)   # kept for backward
 
+    def intermediate_traffic(self, propagate_down):
+        """Forward: V (α², C, T) written and read by the products, and M (α², K, T) too
+        unless the products are fused into the output transform; U both ways. Backward:
+        V read, dM written and read (unfused), dU, and dV written and read for an input
+        gradient."""
+        a2, K, C = self.alpha ** 2, self.params[0].shape[0], self.V.shape[1]
+        item = self.dtype.itemsize
+        V, M, U = self.V.nbytes, a2 * K * self.NT * item, a2 * K * C * item
+        fused = C <= FUSED_MAX_C
+        forward = 2 * V + 2 * U + (0 if fused else 2 * M)
+        backward = V + 2 * U + (0 if fused else 2 * M) + (2 * V if propagate_down[0] else 0)
+        return forward, backward
+
     def _compute_U(self):
         """U laid out (α², K, C) for the GEMMs (C-contiguous, kept per layer for backward)."""
         a = self.alpha
@@ -374,7 +387,7 @@ class WinogradConv(Layer):
             np.copyto(w.diff.reshape(K * C, a * a), dU2.T)                        # dL/dQ = dL/dU
         else:
             if self.weights_mode == "spatial_masked":
-                dU2 = dU2 * self.buffers["winograd_mask"].reshape(K * C, a * a).T  # dU ⊙ mask
+                np.multiply(dU2, self.buffers["winograd_mask"].reshape(K * C, a * a).T, out=dU2)  # dU ⊙ mask
             np.matmul(dU2.T, self._GG, out=w.diff.reshape(K * C, -1))             # dW = Gᵀ dU G
         if len(self.params) > 1:
             self.params[1].diff[...] = dy.sum(axis=(0, 2, 3))

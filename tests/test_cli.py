@@ -78,6 +78,16 @@ def test_train_lenet_subset_then_test_and_time(tmp_path, capsys):
     assert main(["time", "--model", net, "--iterations", "2"]) == 0
     out = capsys.readouterr().out
     assert "conv1" in out and re.search(r"Average Forward-Backward: [0-9.]+ ms", out)
+    # each row: forward ms, backward ms, forward MB, backward MB, GB/s -- the MB from counting.memory_traffic
+    from wincaffe.counting import memory_traffic
+    from wincaffe.layer import TRAIN
+    from wincaffe.net import Net
+    traffic = {t["name"]: t for t in memory_traffic(Net(net, TRAIN))}
+    row = re.search(r"^conv1\s+Convolution\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)", out, re.M)
+    f_ms, b_ms, f_mb, b_mb, rate = map(float, row.groups())
+    assert (f_mb, b_mb) == (round(traffic["conv1"]["forward"] / 1e6, 2), round(traffic["conv1"]["backward"] / 1e6, 2))
+    assert rate == pytest.approx((f_mb + b_mb) / (f_ms + b_ms), rel=0.05, abs=0.06)
+    assert re.search(r"Memory traffic: [0-9.]+ MB per iteration", out) and "np.copyto of the largest blob" in out
 
 
 @pytest.mark.mnist

@@ -280,3 +280,51 @@ def test_gemm_flops_per_iteration_of_lenet5_by_hand():
     passes = {"conv1": 2, "conv2": 3, "ip1": 3, "ip2": 3}      # conv1 does not propagate to the data
     expect = sum(2 * per_image[n] * batch * passes[n] for n in per_image)
     assert gemm_flops_per_iteration(net) == expect == 843_648_000
+
+
+def test_memory_traffic_of_lenet5_by_hand():
+    """Bytes per pass (float32, batch 64): the blobs and params each pass reads and writes,
+    plus each layer's own arrays, counted by hand."""
+    from wincaffe.counting import memory_traffic
+    from wincaffe.layer import TRAIN
+    from wincaffe.net import Net
+    net = Net(os.path.join(ROOT, "nets", "lenet5.yaml"), TRAIN)
+    t = {r["name"]: r for r in memory_traffic(net)}
+    f4, B = 4, 64
+    x, c1 = B * 28 * 28 * f4, B * 20 * 24 * 24 * f4                 # data, conv1's top
+    w1 = (20 * 25 + 20) * f4
+    col1, out1 = 25 * B * 576 * f4, c1                              # im2col (25, N·576), GEMM (20, N·576)
+    assert t["conv1"]["forward"] == x + w1 + c1 + 2 * col1 + 2 * out1
+    # no input gradient (the data): dY read, x read, W read and dW written, dY laid out and read, col read
+    assert t["conv1"]["backward"] == c1 + x + 2 * w1 + 2 * out1 + col1
+    p1 = B * 20 * 12 * 12 * f4
+    assert t["pool1"] == {"name": "pool1", "type": "Pooling", "forward": c1 + p1 + p1, "backward": p1 + p1 + c1}
+    p2, i1 = B * 50 * 4 * 4 * f4, B * 500 * f4
+    w_ip1 = (500 * 800 + 500) * f4
+    assert t["ip1"]["forward"] == p2 + w_ip1 + i1 and t["ip1"]["backward"] == i1 + p2 + 2 * w_ip1 + p2
+    assert t["relu1"]["forward"] == 2 * i1 and t["relu1"]["backward"] == 3 * i1   # in place: y, dy, dx
+    assert t["mnist"]["backward"] == 0 and t["mnist"]["forward"] == x + B * f4
+
+
+def test_memory_traffic_of_the_fft_and_winograd_conv2_by_hand():
+    """LeNet-5's conv2 (20 → 50 channels, 12×12 → 8×8, batch 64) as FFTConv on the 16×16
+    canvas (16 × 9 half spectra, complex64) and as WinogradConv F(4×4, 5×5) (α = 8, 2×2
+    tiles per image, products as GEMMs since C > 2)."""
+    from wincaffe.counting import memory_traffic
+    from wincaffe.layer import TRAIN
+    from wincaffe.net import Net
+    B, f4, c8 = 64, 4, 8
+    x, y = B * 20 * 12 * 12 * f4, B * 50 * 8 * 8 * f4
+    params = (50 * 20 * 25 + 50) * f4
+    blobs_fwd, blobs_bwd = x + params + y, y + x + 2 * params + x
+    t = {r["name"]: r for r in memory_traffic(Net(os.path.join(ROOT, "nets", "lenet5_fft.yaml"), TRAIN))}
+    xc, yc = B * 20 * 256 * f4, B * 50 * 256 * f4                   # real canvases
+    X, Y, G = B * 20 * 144 * c8, B * 50 * 144 * c8, 50 * 20 * 144 * c8
+    assert t["conv2"]["forward"] == blobs_fwd + 2 * (xc + X + Y + yc + G)
+    assert t["conv2"]["backward"] == blobs_bwd + 2 * yc + 3 * Y + 5 * X + 4 * G + 2 * xc
+    t = {r["name"]: r for r in memory_traffic(Net(os.path.join(ROOT, "nets", "lenet5_winograd.yaml"), TRAIN))}
+    params = (50 * 20 * 64 + 50) * f4                               # Q in the Winograd domain
+    blobs_fwd, blobs_bwd = x + params + y, y + x + 2 * params + x
+    V, M, U = 64 * 20 * B * 4 * f4, 64 * 50 * B * 4 * f4, 64 * 50 * 20 * f4
+    assert t["conv2"]["forward"] == blobs_fwd + 2 * V + 2 * M + 2 * U
+    assert t["conv2"]["backward"] == blobs_bwd + V + 2 * U + 2 * M + 2 * V

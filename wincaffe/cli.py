@@ -88,15 +88,39 @@ def cmd_time(args):
     from wincaffe.layer import TRAIN
     net = _load_net(args, TRAIN)
     log.info(f"Performing Forward-Backward timing over {args.iterations} iterations")
+    from wincaffe.counting import memory_traffic
     fwd, bwd = net.time_layers(args.iterations)
+    traffic = memory_traffic(net)
     width = max(len(l.name) for l in net.layers)
-    print(f"{'layer':<{width}}  {'type':<16} {'forward ms':>10} {'backward ms':>11}  path")
-    for layer, f, b in zip(net.layers, fwd, bwd):
-        print(f"{layer.name:<{width}}  {layer.type_name:<16} {f:10.3f} {b:11.3f}  {layer.execution() or ''}".rstrip())
+    print(f"{'layer':<{width}}  {'type':<16} {'forward ms':>10} {'backward ms':>11} {'fwd MB':>7} {'bwd MB':>7} "
+          f"{'GB/s':>6}  path")
+    for layer, f, b, t in zip(net.layers, fwd, bwd, traffic):
+        moved = t["forward"] + t["backward"]
+        rate = f"{moved / (f + b) / 1e6:6.1f}" if f + b > 0 else f"{'':6}"
+        print(f"{layer.name:<{width}}  {layer.type_name:<16} {f:10.3f} {b:11.3f} {t['forward'] / 1e6:7.2f} "
+              f"{t['backward'] / 1e6:7.2f} {rate}  {layer.execution() or ''}".rstrip())
     print(f"Average Forward pass: {fwd.sum():.3f} ms.")
     print(f"Average Backward pass: {bwd.sum():.3f} ms.")
     print(f"Average Forward-Backward: {fwd.sum() + bwd.sum():.3f} ms.")
+    total = sum(t["forward"] + t["backward"] for t in traffic)
+    print(f"Memory traffic: {total / 1e6:.1f} MB per iteration (each array counted once per read and write; "
+          f"GB/s = the layer's MB over its forward + backward time).")
+    largest = max(net.blobs.values(), key=lambda b: b.data.nbytes).data
+    print(f"For scale: np.copyto of the largest blob ({largest.nbytes / 1e6:.1f} MB) moves "
+          f"{_copy_rate(largest):.1f} GB/s (read + write) here.")
     return 0
+
+
+def _copy_rate(array, repeats=20):
+    """GB/s of np.copyto(dst, array), read + write, the fastest of ``repeats``."""
+    import time
+    dst = np.empty_like(array)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, array)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * array.nbytes / best / 1e9
 
 
 def _names(text):

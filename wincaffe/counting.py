@@ -5,6 +5,7 @@ Each layer that multiplies implements two methods of :class:`wincaffe.layer.Laye
 the masks leave, the transforms) and ``count_sparse_mults(bottoms)`` (right after a
 forward: the products whose operands are both nonzero). This module holds the pure
 helpers they use and the walk that sums them over a net; it names no layer type.
+:func:`memory_traffic` counts the bytes each layer pass moves, for ``wincaffe time``.
 
 The counts (all real multiplies, per image):
     direct           K·C·r²·Ho·Wo of a direct convolution (InnerProduct: K·D per row, one
@@ -148,6 +149,30 @@ def gemm_flops_per_iteration(net):
         backward = bool(net.layer_needs_backward[i])
         flops += 2 * counts["direct"] * batch * (1 + backward * (1 + bool(net.propagate_down[i][0])))
     return flops
+
+
+def memory_traffic(net):
+    """Bytes each layer's forward and backward move to and from memory, one dict per
+    layer ``{"name", "type", "forward", "backward"}``, each array counted once per read
+    and once per write: forward reads the bottoms' data and the params and writes the
+    tops' data; backward (0 where the net does not run it) reads the tops' diffs, the
+    bottoms' data (unless ``Layer.backward_reads_bottoms`` is False) and the params and
+    writes the param diffs and the diffs of the bottoms it propagates to; both add the
+    layer's own intermediate arrays (``Layer.intermediate_traffic``). A count, not a measurement: divided by a pass's
+    time it is the bandwidth the pass reached (``wincaffe time`` prints it)."""
+    rows = []
+    for i, layer in enumerate(net.layers):
+        bottoms, tops, down = net.bottom_vecs[i], net.top_vecs[i], net.propagate_down[i]
+        data = sum(b.data.nbytes for b in bottoms)
+        params = sum(p.data.nbytes for p in layer.params)
+        outs = sum(t.data.nbytes for t in tops)
+        grads = sum(b.data.nbytes for b, d in zip(bottoms, down) if d)
+        extra_fwd, extra_bwd = layer.intermediate_traffic(down)
+        read_back = data if layer.backward_reads_bottoms else 0
+        backward = outs + read_back + 2 * params + grads + extra_bwd if net.layer_needs_backward[i] else 0
+        rows.append({"name": layer.name, "type": layer.type_name,
+                     "forward": int(data + params + outs + extra_fwd), "backward": int(backward)})
+    return rows
 
 
 # What a layer without a count runs instead, in the net's total of that count.

@@ -340,6 +340,16 @@ class Layer:
     def calibrate(self, on):
         """Observe input ranges in every forward (any phase) while ``on``."""
 
+    # ----- optional protocol: memory traffic (wincaffe.counting.memory_traffic) ---------
+    backward_reads_bottoms = True   # the backward reads the bottoms' data (Pooling does not)
+
+    def intermediate_traffic(self, propagate_down):
+        """After reshape: the bytes ``(forward, backward)`` one pass moves through arrays of
+        the layer's own, beyond its bottoms, tops and params (an im2col buffer written and
+        read back, transform-domain tiles, an argmax), for the backward with
+        ``propagate_down``. (0, 0) for a layer that has none."""
+        return 0, 0
+
     # ----- optional protocol: how the layer computes (wincaffe time) -------------------
     def execution(self):
         """A short note on the path the last forward took (e.g. ``sparse 10.0%``,
