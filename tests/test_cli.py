@@ -103,3 +103,20 @@ def test_resume_from_cli_snapshot(tmp_path, capsys):
     wb = np.load(b / "lenet_iter_20.npz")
     for k in wa.files:
         np.testing.assert_array_equal(wa[k], wb[k])
+
+
+@pytest.mark.parametrize("given, expect", [
+    ({}, ("PASSIVE", "10000", "4")),                                     # wincaffe's defaults
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, ("ACTIVE", None, "4")),               # the user's OpenMP choice stands
+    ({"GOMP_SPINCOUNT": "0", "OPENBLAS_THREAD_TIMEOUT": "7"}, (None, "0", "7")),
+])
+def test_thread_pool_environment_defaults(given, expect):
+    """Importing wincaffe sets OpenMP's wait policy, libgomp's short spin and OpenBLAS's
+    timeout only where the environment says nothing (they must precede libgomp's load)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")}
+    env.update(given)
+    code = ("import os, wincaffe; print([os.environ.get(k) for k in "
+            "('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'OPENBLAS_THREAD_TIMEOUT')])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(list(expect))
