@@ -44,7 +44,8 @@ With M = 1 the output equals the direct correlation to float tolerance.
               and the spectral weights depend on it), saved in weights files and checked when
               they are loaded; later bottoms may be smaller, not larger.
     backend   pyfftw (default) | scipy | numpy   see :mod:`wincaffe.transforms.fft`
-    threads   FFT threads (default 1; the BLAS behind the GEMMs has its own pool)
+    threads   FFT threads; 0 (default): as many as the net's kernels use when the layer
+              is set up (``--threads``, :func:`wincaffe.threads.set_num_threads`)
 
 Backward gives the exact gradient of the masked forward (adjoints of the crop,
 the c2r, the mask and the r2c):
@@ -97,6 +98,7 @@ from wincaffe.fillers import fill
 from wincaffe.layer import Layer, register
 from wincaffe.schema import Block, Field, convolution_block
 from wincaffe.sparse_stage import FFT_BREAK_EVEN, SparseProducts, sparse_setting
+from wincaffe.threads import get_num_threads
 from wincaffe.transforms import fft
 
 WEIGHTS = ("spatial", "spatial_masked", "spectral")
@@ -129,7 +131,7 @@ FFT_PARAM = Block(
     fft_size=FFTSizeField(doc="FFT canvas size: linear (H+2p+k-1, Liu & Turakhia), auto, min "
                                   "(5-smooth sizes, the same for every backend) or [Fh, Fw]"),
     backend=Field(str, "pyfftw", choices=fft.BACKENDS, doc="FFT library"),
-    threads=Field(int, 1, min=1, doc="FFT threads"),
+    threads=Field(int, 0, min=0, doc="FFT threads (0: the net's thread count, --threads)"),
     sparse=Field((str, bool), "auto", doc="skip masked spectral products in the forward: on, off, or "
                                           "auto (when the mask's density is at most the break-even)"),
 )
@@ -154,7 +156,7 @@ class FFTConv(Layer):
         K, k = p.num_output, self.k
         conv_output_shape(self, shape, K, C, k, self.pad)
         self.weights_mode = f.weights
-        self.backend = fft.get_backend(f.backend, f.threads)
+        self.backend = fft.get_backend(f.backend, f.threads or get_num_threads())
         self.fshape = self._fft_size(f.fft_size, H, W)
         Fh, Fw = self.fshape
         self.spectrum_shape = (K, C, Fh, fft.half_width(Fw))

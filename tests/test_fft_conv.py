@@ -281,7 +281,7 @@ def test_fft_size_too_small():
     ({"weights": "winograd"}, r"fft_param\.weights: must be one of"),
     ({"fft_size": "big"}, r"fft_param\.fft_size: must be linear, auto, min"),
     ({"fft_size": [8, 8, 8]}, r"fft_param\.fft_size"),
-    ({"threads": 0}, r"fft_param\.threads: must be >= 1"),
+    ({"threads": -1}, r"fft_param\.threads: must be >= 0"),
 ])
 def test_bad_fft_param(fft_param, match):
     with pytest.raises(ConfigError, match=match) as info:
@@ -393,9 +393,9 @@ def test_small_kernel_dfts_match_the_ffts():
 
 
 def test_fftw_threads_give_the_same_numbers():
-    layer1, bottoms, tops = conv((4, 6, 12, 12), 5, 3, 1, seed=9)
+    layer1, bottoms, tops = conv((4, 6, 12, 12), 5, 3, 1, seed=9, threads=1)
     layer2, b2, t2 = conv((4, 6, 12, 12), 5, 3, 1, seed=9, threads=2)
-    assert layer2.backend.threads == 2
+    assert (layer1.backend.threads, layer2.backend.threads) == (1, 2)
     layer1.forward(bottoms, tops)
     layer2.forward(b2, t2)
     np.testing.assert_allclose(t2[0].data, tops[0].data, rtol=1e-5, atol=1e-5)
@@ -426,3 +426,17 @@ def test_spectral_mask_reaches_test_net_and_weights_file(tmp_path):
     fresh = Net(spec, TEST, dtype=np.float64)
     load_weights(fresh, str(tmp_path / "w.npz"), strict=True)
     np.testing.assert_array_equal(fresh.layer_by_name("conv").mask("spectral"), mask)
+
+
+def test_fft_threads_follow_the_net_by_default():
+    """fft_param.threads 0 (the default) takes the thread count of wincaffe's kernels
+    (``--threads``) when the layer is set up; an explicit count stands."""
+    from wincaffe.threads import get_num_threads, set_num_threads
+    before = get_num_threads()
+    try:
+        for n in (1, 2):
+            set_num_threads(n)
+            assert conv((1, 2, 8, 8), 2, 3)[0].backend.threads == n
+            assert conv((1, 2, 8, 8), 2, 3, threads=3)[0].backend.threads == 3
+    finally:
+        set_num_threads(before)
