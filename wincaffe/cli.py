@@ -106,8 +106,8 @@ def cmd_time(args):
     print(f"Memory traffic: {total / 1e6:.1f} MB per iteration (each array counted once per read and write; "
           f"GB/s = the layer's MB over its forward + backward time).")
     largest = max(net.blobs.values(), key=lambda b: b.data.nbytes).data
-    print(f"For scale: np.copyto of the largest blob ({largest.nbytes / 1e6:.1f} MB) moves "
-          f"{_copy_rate(largest):.1f} GB/s (read + write) here.")
+    print(f"For scale: np.copyto of the largest blob ({largest.nbytes / 1e6:.1f} MB), repeated on warm caches, "
+          f"moves {_copy_rate(largest):.1f} GB/s (read + write) here.")
     return 0
 
 
