@@ -77,14 +77,21 @@ class Convolution(SpatialPruning, Layer):
             col2im(self.dcol, bottoms[0].diff, self.k, self.k, self.pad, self.stride, self.dilation,
                    self.oh, self.ow)
 
-    def intermediate_traffic(self, propagate_down):
-        """Forward: im2col writes ``col`` (C·k², N·P) and the GEMM reads it; the GEMM writes
-        (K, N·P) and the bias pass reads it. Backward: dY copied into that layout and read
-        by the dW GEMM (and by the dX GEMM), ``col`` read once more, and for an input
-        gradient ``dcol`` written by the GEMM and read by col2im."""
+    def memory_traffic(self, bottoms, tops, propagate_down):
+        """Forward: im2col reads x and writes ``col`` (C·k², N·P); the GEMM reads W and col
+        and writes (K, N·P); the bias pass reads that and b and writes y. Backward: dY is
+        read into that layout (written, then read by the dW GEMM with col), read again for
+        db; dW and db written. Input gradient: the GEMM reads W and dY's layout again and
+        writes ``dcol``, which col2im reads to write dx."""
+        x, y = bottoms[0].data.nbytes, tops[0].data.nbytes
         col, out = self.col.nbytes, self.out2d.nbytes
-        down = bool(propagate_down[0])
-        return 2 * col + 2 * out, out * (2 + down) + col + 2 * col * down
+        w = self.params[0].data.nbytes
+        params = sum(p.data.nbytes for p in self.params)
+        forward = x + 2 * col + params + 2 * out + y
+        backward = 2 * y + 2 * out + col + params
+        if propagate_down[0]:
+            backward += w + out + 2 * col + x
+        return forward, backward
 
     def activation_density(self, bottoms):
         x = bottoms[0].data

@@ -90,7 +90,7 @@ class Data(Layer):
         idx = self._next_indices()
         x = tops[0].data
         batch = self.workspace("data_raw", x.shape, self.images.dtype)
-        np.take(self.images, idx, axis=0, out=batch)
+        np.take(self.images, idx, axis=0, out=batch, mode="clip")   # valid indices; "raise" would buffer
         if self.random_shift:
             batch = self._shifted(batch)
         np.multiply(batch, self.scale, out=x, casting="unsafe")
@@ -103,8 +103,10 @@ class Data(Layer):
         """(B, C, H, W) -> the same images, each translated by its own random (dy, dx)."""
         s = self.random_shift
         H, W = batch.shape[-2:]
-        # the net's scratch: its border is never written, so it stays zero
-        padded = self.workspace("data_padded", batch.shape[:-2] + (H + 2 * s, W + 2 * s), batch.dtype)
+        shape = batch.shape[:-2] + (H + 2 * s, W + 2 * s)
+        padded = getattr(self, "_canvas", None)
+        if padded is None or padded.shape != shape or padded.dtype != batch.dtype:
+            padded = self._canvas = np.zeros(shape, batch.dtype)   # the border is never written
         padded[..., s:s + H, s:s + W] = batch
         offsets = self.own_rng.integers(0, 2 * s + 1, size=(len(batch), 2))
         out = self.workspace("data_shifted", batch.shape, batch.dtype)

@@ -199,8 +199,12 @@ class FFTConv(Layer):
         iX = Xa[:, C:].reshape(F, C, N, 2)
         np.negative(Xt.imag, out=iX[..., 0])
         np.copyto(iX[..., 1], Xt.real)
-        pattern = np.concatenate([self._Mfm != 0] * 2, axis=2)
-        S = np.concatenate([Gc.real, Gc.imag], axis=2)                   # (F, K, 2C)
+        pattern = self.workspace("fft_sparse_pattern", (F, K, 2 * C), np.bool_)
+        np.not_equal(self._Mfm, 0, out=pattern[..., :C])
+        np.copyto(pattern[..., C:], pattern[..., :C])
+        S = self.workspace("fft_sparse_s", (F, K, 2 * C), self.dtype)   # [Re G, Im G]
+        np.copyto(S[..., :C], Gc.real)
+        np.copyto(S[..., C:], Gc.imag)
         M = self.workspace("fft_sparse_m", (F, K, 2 * N), self.dtype)
         self.sparse.forward(S, pattern, Xa, M)
         np.copyto(out, M.view(self.ctype).transpose(0, 2, 1))
@@ -367,21 +371,27 @@ class FFTConv(Layer):
             Gc *= self._Mfm
         return Gc
 
-    def intermediate_traffic(self, propagate_down):
-        """Each written once and read once: forward, the input canvas (N, C, Fh, Fw), its
-        spectrum X, the product spectrum Y (N, K, ·) and the output canvas, and the kernel
-        spectrum (F, K, C); backward, the dY canvas and its spectrum D (read once more for
-        dx), X read and conjugated, E (F, K, C), and for an input gradient the dX spectrum
-        and canvas."""
+    def memory_traffic(self, bottoms, tops, propagate_down):
+        """Forward: x written into its canvas (N, C, Fh, Fw), which the r2c reads to write X;
+        the kernel spectrum (F, K, C) written and read by the products, which read X and
+        write Y (N, K, ·) for the c2r, which writes the output canvas; the crop reads y's
+        share of it and b and writes y. Backward: dY read into its canvas (and for db), its
+        r2c writes D; E (F, K, C) = the products of D and conj(X) (C ≤ K: X read, conjugated
+        into scratch, read; else D conjugated), written and read for dW; dW and db written.
+        Input gradient: the kernel spectrum read, conjugated and read, D read, the dX
+        spectrum written and read by the c2r, whose canvas the crop reads to write dx."""
         N, C = self._geom[:2]
         K, _, Fh, Fw2 = self.spectrum_shape
         real, cplx = self.dtype.itemsize, self.ctype.itemsize
+        x, y = bottoms[0].data.nbytes, tops[0].data.nbytes
         x_canvas, y_canvas = (N * c * Fh * self.fshape[1] * real for c in (C, K))
         X, Y, G = N * C * Fh * Fw2 * cplx, N * K * Fh * Fw2 * cplx, K * C * Fh * Fw2 * cplx
-        forward = 2 * (x_canvas + X + Y + y_canvas + G)
-        backward = 2 * y_canvas + 2 * Y + 3 * X + 2 * G
+        params = sum(p.data.nbytes for p in self.params)
+        forward = x + 2 * x_canvas + 2 * X + params + 2 * G + 2 * Y + y_canvas + 2 * y
+        products = (3 * X + Y) if C <= K else (X + 3 * Y)
+        backward = 2 * y + 2 * y_canvas + Y + products + 2 * G + params
         if propagate_down[0]:
-            backward += Y + 2 * X + 2 * x_canvas + 2 * G
+            backward += 3 * G + Y + 2 * X + x_canvas + 2 * x
         return forward, backward
 
     # ----- reshape / forward / backward -------------------------------------------

@@ -31,7 +31,6 @@ class Pooling(Layer):
         global_pooling=Field(bool, False),
     )}
     num_bottoms = 1
-    backward_reads_bottoms = False    # MAX reads the argmax, AVE only the top's diff
     num_tops = 1
 
     def setup(self, bottoms, tops):
@@ -62,11 +61,12 @@ class Pooling(Layer):
         if self.mode == "MAX" and getattr(self, "argmax", np.empty(0)).shape != (N, C, oh, ow):
             self.argmax = np.empty((N, C, oh, ow), np.int32)
 
-    def intermediate_traffic(self, propagate_down):
-        """MAX: the argmax (int32, the top's shape) written by the forward, read by the backward."""
-        if self.mode != "MAX":
-            return 0, 0
-        return self.argmax.nbytes, self.argmax.nbytes if propagate_down[0] else 0
+    def memory_traffic(self, bottoms, tops, propagate_down):
+        """Forward reads x and writes y (MAX: and the argmax, int32 of y's shape); backward
+        reads dY (and the argmax) and writes dx; neither reads x again."""
+        x, y = bottoms[0].data.nbytes, tops[0].data.nbytes
+        arg = self.argmax.nbytes if self.mode == "MAX" else 0
+        return x + y + arg, (y + arg + x) if propagate_down[0] else 0
 
     def forward(self, bottoms, tops):
         if self.mode == "MAX":

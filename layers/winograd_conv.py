@@ -305,17 +305,23 @@ class WinogradConv(Layer):
             self.NT = N * self.th * self.tw
             self.V = np.empty((self.alpha ** 2, C, self.NT), self.dtype)   # kept for backward
 
-    def intermediate_traffic(self, propagate_down):
-        """Forward: V (α², C, T) written and read by the products, and M (α², K, T) too
-        unless the products are fused into the output transform; U both ways. Backward:
-        V read, dM written and read (unfused), dU, and dV written and read for an input
-        gradient."""
+    def memory_traffic(self, bottoms, tops, propagate_down):
+        """Forward: the input transform reads x and writes V (α², C, T); U (α², K, C) is made
+        from the params and read by the products, which read V and write M (α², K, T) for
+        the output transform (unless fused into it, C ≤ 2), which writes y. Backward: dY
+        read (twice with db), dM written and read (unfused), V read, dU written and read for
+        dW, dW and db written. Input gradient: U (and dM) read again, dV written and read
+        by the transform that writes dx."""
         a2, K, C = self.alpha ** 2, self.params[0].shape[0], self.V.shape[1]
         item = self.dtype.itemsize
+        x, y = bottoms[0].data.nbytes, tops[0].data.nbytes
         V, M, U = self.V.nbytes, a2 * K * self.NT * item, a2 * K * C * item
-        fused = C <= FUSED_MAX_C
-        forward = 2 * V + 2 * U + (0 if fused else 2 * M)
-        backward = V + 2 * U + (0 if fused else 2 * M) + (2 * V if propagate_down[0] else 0)
+        params = sum(p.data.nbytes for p in self.params)
+        unfused = C > FUSED_MAX_C
+        forward = x + 2 * V + params + 2 * U + y + 2 * M * unfused
+        backward = 2 * y + V + 2 * U + params + 2 * M * unfused
+        if propagate_down[0]:
+            backward += U + M * unfused + 2 * V + x
         return forward, backward
 
     def _compute_U(self):

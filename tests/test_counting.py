@@ -283,8 +283,8 @@ def test_gemm_flops_per_iteration_of_lenet5_by_hand():
 
 
 def test_memory_traffic_of_lenet5_by_hand():
-    """Bytes per pass (float32, batch 64): the blobs and params each pass reads and writes,
-    plus each layer's own arrays, counted by hand."""
+    """Bytes per pass (float32, batch 64): every array each pass reads or writes, counted
+    by hand from the shapes."""
     from wincaffe.counting import memory_traffic
     from wincaffe.layer import TRAIN
     from wincaffe.net import Net
@@ -294,11 +294,18 @@ def test_memory_traffic_of_lenet5_by_hand():
     x, c1 = B * 28 * 28 * f4, B * 20 * 24 * 24 * f4                 # data, conv1's top
     w1 = (20 * 25 + 20) * f4
     col1, out1 = 25 * B * 576 * f4, c1                              # im2col (25, N·576), GEMM (20, N·576)
-    assert t["conv1"]["forward"] == x + w1 + c1 + 2 * col1 + 2 * out1
-    # no input gradient (the data): dY read, x read, W read and dW written, dY laid out and read, col read
-    assert t["conv1"]["backward"] == c1 + x + 2 * w1 + 2 * out1 + col1
+    # x read, col written and read, W and b read, (20, N·576) written and read, y written
+    assert t["conv1"]["forward"] == x + 2 * col1 + w1 + 2 * out1 + c1
+    # no input gradient (the data): dY read twice (layout, db), its layout written and read, col read, dW db written
+    assert t["conv1"]["backward"] == 2 * c1 + 2 * out1 + col1 + w1
     p1 = B * 20 * 12 * 12 * f4
-    assert t["pool1"] == {"name": "pool1", "type": "Pooling", "forward": c1 + p1 + p1, "backward": p1 + p1 + c1}
+    c2, w2 = B * 50 * 8 * 8 * f4, (50 * 500 + 50) * f4
+    col2, out2 = 500 * B * 64 * f4, c2
+    # with an input gradient: W and the dY layout read again, dcol written and read, dx written
+    assert t["conv2"]["backward"] == 2 * c2 + 2 * out2 + col2 + w2 + (50 * 500 * f4 + out2 + 2 * col2 + p1)
+    argmax1 = p1                                                     # int32, the top's shape
+    assert t["pool1"] == {"name": "pool1", "type": "Pooling", "forward": c1 + p1 + argmax1,
+                          "backward": p1 + argmax1 + c1}
     p2, i1 = B * 50 * 4 * 4 * f4, B * 500 * f4
     w_ip1 = (500 * 800 + 500) * f4
     assert t["ip1"]["forward"] == p2 + w_ip1 + i1 and t["ip1"]["backward"] == i1 + p2 + 2 * w_ip1 + p2
@@ -309,22 +316,42 @@ def test_memory_traffic_of_lenet5_by_hand():
 def test_memory_traffic_of_the_fft_and_winograd_conv2_by_hand():
     """LeNet-5's conv2 (20 → 50 channels, 12×12 → 8×8, batch 64) as FFTConv on the 16×16
     canvas (16 × 9 half spectra, complex64) and as WinogradConv F(4×4, 5×5) (α = 8, 2×2
-    tiles per image, products as GEMMs since C > 2)."""
+    tiles per image, products as GEMMs since C > 2; conv1, C = 1, fused)."""
     from wincaffe.counting import memory_traffic
     from wincaffe.layer import TRAIN
     from wincaffe.net import Net
     B, f4, c8 = 64, 4, 8
     x, y = B * 20 * 12 * 12 * f4, B * 50 * 8 * 8 * f4
     params = (50 * 20 * 25 + 50) * f4
-    blobs_fwd, blobs_bwd = x + params + y, y + x + 2 * params + x
     t = {r["name"]: r for r in memory_traffic(Net(os.path.join(ROOT, "nets", "lenet5_fft.yaml"), TRAIN))}
     xc, yc = B * 20 * 256 * f4, B * 50 * 256 * f4                   # real canvases
     X, Y, G = B * 20 * 144 * c8, B * 50 * 144 * c8, 50 * 20 * 144 * c8
-    assert t["conv2"]["forward"] == blobs_fwd + 2 * (xc + X + Y + yc + G)
-    assert t["conv2"]["backward"] == blobs_bwd + 2 * yc + 3 * Y + 5 * X + 4 * G + 2 * xc
+    assert t["conv2"]["forward"] == x + 2 * xc + 2 * X + params + 2 * G + 2 * Y + yc + 2 * y
+    # C ≤ K: X read, conjugated, read; then the input gradient
+    assert t["conv2"]["backward"] == (2 * y + 2 * yc + Y + (3 * X + Y) + 2 * G + params
+                                      + 3 * G + Y + 2 * X + xc + 2 * x)
     t = {r["name"]: r for r in memory_traffic(Net(os.path.join(ROOT, "nets", "lenet5_winograd.yaml"), TRAIN))}
     params = (50 * 20 * 64 + 50) * f4                               # Q in the Winograd domain
-    blobs_fwd, blobs_bwd = x + params + y, y + x + 2 * params + x
     V, M, U = 64 * 20 * B * 4 * f4, 64 * 50 * B * 4 * f4, 64 * 50 * 20 * f4
-    assert t["conv2"]["forward"] == blobs_fwd + 2 * V + 2 * M + 2 * U
-    assert t["conv2"]["backward"] == blobs_bwd + V + 2 * U + 2 * M + 2 * V
+    assert t["conv2"]["forward"] == x + 2 * V + params + 2 * U + y + 2 * M
+    assert t["conv2"]["backward"] == 2 * y + V + 2 * U + params + 2 * M + (U + M + 2 * V + x)
+    x1, y1 = B * 28 * 28 * f4, B * 20 * 24 * 24 * f4                # conv1: fused, no input gradient
+    V1, U1, p1 = 64 * 1 * B * 36 * f4, 64 * 20 * f4, (20 * 64 + 20) * f4
+    assert t["conv1"]["forward"] == x1 + 2 * V1 + p1 + 2 * U1 + y1
+    assert t["conv1"]["backward"] == 2 * y1 + V1 + 2 * U1 + p1
+
+
+def test_memory_traffic_of_ave_pooling_and_an_fft_layer_with_more_inputs_than_outputs():
+    from wincaffe.testing import make_layer
+    layer, bottoms, tops = make_layer("Pooling", [(2, 3, 8, 8)], dtype=np.float32,
+                                      pooling_param={"pool": "AVE", "kernel_size": 2, "stride": 2})
+    x, y = 2 * 3 * 64 * 4, 2 * 3 * 16 * 4
+    assert layer.memory_traffic(bottoms, tops, [True]) == (x + y, y + x)
+    assert layer.memory_traffic(bottoms, tops, [False]) == (x + y, 0)
+    layer, bottoms, tops = make_layer("FFTConv", [(2, 6, 8, 8)], dtype=np.float32,
+                                      convolution_param={"num_output": 2, "kernel_size": 3})
+    N, C, K, Fh, Fw2 = 2, 6, 2, 10, 6                                # linear canvas 10×10
+    X, Y, G = N * C * Fh * Fw2 * 8, N * K * Fh * Fw2 * 8, K * C * Fh * Fw2 * 8
+    fwd, bwd = layer.memory_traffic(bottoms, tops, [False])
+    x, y, yc, params = N * C * 64 * 4, N * K * 36 * 4, N * K * 100 * 4, (K * C * 9 + K) * 4
+    assert bwd == 2 * y + 2 * yc + Y + (X + 3 * Y) + 2 * G + params     # C > K: D conjugated instead of X

@@ -66,6 +66,20 @@ def test_shift_fill_is_raw_zero_before_scale_and_mean(datasets):
     assert any(o != (0, 0) for o in offsets)
 
 
+def test_shift_of_float_images_fills_zeros(monkeypatch):
+    """A dataset of float images (the registry is open) is shifted with zeros too, in
+    every batch (the shift canvas is kept between batches; its border is never written)."""
+    monkeypatch.setitem(DATASETS, "float", lambda split: (random_images(split)[0].astype(np.float32) / 255,
+                                                          np.arange(8, dtype=np.uint8)))
+    layer, tops = data_layer(source="float", random_shift=2)
+    raw = random_images("train")[0].astype(np.float32) / 255
+    for _ in range(3):
+        layer.forward([], tops)
+        assert not np.isnan(tops[0].data).any()
+        offsets = [offset_of(raw[i], tops[0].data[i], 2) for i in range(8)]
+    assert any(o != (0, 0) for o in offsets)
+
+
 def test_no_shift_in_test_phase(datasets):
     layer, tops = data_layer(phase="TEST", random_shift=2)
     layer.forward([], tops)

@@ -440,3 +440,26 @@ def test_fft_threads_follow_the_net_by_default():
             assert conv((1, 2, 8, 8), 2, 3, threads=3)[0].backend.threads == 3
     finally:
         set_num_threads(before)
+
+
+@pytest.mark.parametrize("C,K,pad", [(3, 4, 1), (5, 2, 0), (1, 3, 2)])   # C ≤ K, C > K, the outer path
+def test_float64_gradients_equal_the_direct_ones(C, K, pad):
+    """dW and dx of the unmasked layer in float64 equal the direct correlation's to 1e-10
+    (a scale or conjugation slip of 1e-7 fails here, not only in a finite-difference check)."""
+    from scipy.signal import convolve, correlate
+    layer, bottoms, tops = conv((2, C, 7, 6), K, 3, pad, dtype=np.float64, seed=4)
+    rng = np.random.default_rng(5)
+    bottoms[0].data[...] = rng.standard_normal(bottoms[0].shape)
+    layer.forward(bottoms, tops)
+    tops[0].diff[...] = rng.standard_normal(tops[0].shape)
+    layer.backward(tops, [True], bottoms)
+    x, dy, W = bottoms[0].data, tops[0].diff, layer.params[0].data
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dW = np.array([[sum(correlate(xp[n, c], dy[n, k], mode="valid") for n in range(2)) for c in range(C)]
+                   for k in range(K)])
+    dxp = np.array([[sum(convolve(dy[n, k], W[k, c], mode="full") for k in range(K)) for c in range(C)]
+                    for n in range(2)])
+    dx = dxp[:, :, pad:pad + 7, pad:pad + 6]
+    np.testing.assert_allclose(layer.params[0].diff, dW, rtol=1e-10, atol=1e-10 * np.abs(dW).max())
+    np.testing.assert_allclose(layer.params[1].diff, dy.sum(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(bottoms[0].diff, dx, rtol=1e-10, atol=1e-10 * np.abs(dx).max())

@@ -105,6 +105,21 @@ def test_relu_gradients(slope):
     check_gradients(layer, bottoms, tops)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_leaky_relu_values(dtype):
+    """y = x for x > 0, negative_slope · x elsewhere (the slope rounded to the dtype, as
+    Caffe's); dx = dy times the same gain, NaN inputs taking the slope's branch."""
+    layer, bottoms, tops = make_layer("ReLU", [(6,)], dtype=dtype, relu_param={"negative_slope": 0.1})
+    x = np.array([-2.0, -0.5, -0.0, 0.0, 1.5, np.nan], dtype)
+    bottoms[0].data[...] = x
+    layer.forward(bottoms, tops)
+    s = dtype(0.1)
+    np.testing.assert_array_equal(tops[0].data, np.array([-2 * s, -0.5 * s, 0.0, 0.0, 1.5, np.nan], dtype))
+    tops[0].diff[...] = np.array([3.0, 5.0, 7.0, 11.0, 13.0, 17.0], dtype)
+    layer.backward(tops, [True], bottoms)
+    np.testing.assert_array_equal(bottoms[0].diff, np.array([3 * s, 5 * s, 7 * s, 11 * s, 13.0, 17 * s], dtype))
+
+
 def test_relu_in_place():
     from wincaffe.layer import Blob
     layer, bottoms, _ = make_layer("ReLU", [(2, 5)])

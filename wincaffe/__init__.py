@@ -14,7 +14,8 @@ import os as _os
 # at 2 threads took 62.8 ms with the defaults and 21.4 ms with PASSIVE and a short
 # OpenBLAS timeout. Fully passive threads sleep after every parallel region, and
 # waking one cost ~130 µs per region here, so libgomp spins a little first
-# (GOMP_SPINCOUNT, a few hundred µs; LLVM's OpenMP ignores it and stays passive):
+# (GOMP_SPINCOUNT=10000, about 100 µs by libgomp's estimate; LLVM's OpenMP ignores
+# it and stays passive):
 # 2 threads, idle machine, LeNet-5 19.7 → 17.9 ms, the Winograd net 15.4 → 11.3 ms;
 # one core busy elsewhere, no slower than passive (33.9 vs 37.6 ms, 25.5 vs 25.0).
 # They must be set before NumPy / libgomp load; a value in the environment wins

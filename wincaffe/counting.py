@@ -152,26 +152,16 @@ def gemm_flops_per_iteration(net):
 
 
 def memory_traffic(net):
-    """Bytes each layer's forward and backward move to and from memory, one dict per
-    layer ``{"name", "type", "forward", "backward"}``, each array counted once per read
-    and once per write: forward reads the bottoms' data and the params and writes the
-    tops' data; backward (0 where the net does not run it) reads the tops' diffs, the
-    bottoms' data (unless ``Layer.backward_reads_bottoms`` is False) and the params and
-    writes the param diffs and the diffs of the bottoms it propagates to; both add the
-    layer's own intermediate arrays (``Layer.intermediate_traffic``). A count, not a measurement: divided by a pass's
-    time it is the bandwidth the pass reached (``wincaffe time`` prints it)."""
+    """Bytes each layer's forward and backward read and write, one dict per layer
+    ``{"name", "type", "forward", "backward"}`` (backward 0 where the net does not run
+    it), from ``Layer.memory_traffic``: every array a pass touches counted once per read
+    and once per write. A count, not a measurement: divided by a pass's time it is the
+    bandwidth the pass reached (``wincaffe time`` prints it)."""
     rows = []
     for i, layer in enumerate(net.layers):
-        bottoms, tops, down = net.bottom_vecs[i], net.top_vecs[i], net.propagate_down[i]
-        data = sum(b.data.nbytes for b in bottoms)
-        params = sum(p.data.nbytes for p in layer.params)
-        outs = sum(t.data.nbytes for t in tops)
-        grads = sum(b.data.nbytes for b, d in zip(bottoms, down) if d)
-        extra_fwd, extra_bwd = layer.intermediate_traffic(down)
-        read_back = data if layer.backward_reads_bottoms else 0
-        backward = outs + read_back + 2 * params + grads + extra_bwd if net.layer_needs_backward[i] else 0
-        rows.append({"name": layer.name, "type": layer.type_name,
-                     "forward": int(data + params + outs + extra_fwd), "backward": int(backward)})
+        fwd, bwd = layer.memory_traffic(net.bottom_vecs[i], net.top_vecs[i], net.propagate_down[i])
+        rows.append({"name": layer.name, "type": layer.type_name, "forward": int(fwd),
+                     "backward": int(bwd) if net.layer_needs_backward[i] else 0})
     return rows
 
 

@@ -341,14 +341,19 @@ class Layer:
         """Observe input ranges in every forward (any phase) while ``on``."""
 
     # ----- optional protocol: memory traffic (wincaffe.counting.memory_traffic) ---------
-    backward_reads_bottoms = True   # the backward reads the bottoms' data (Pooling does not)
-
-    def intermediate_traffic(self, propagate_down):
-        """After reshape: the bytes ``(forward, backward)`` one pass moves through arrays of
-        the layer's own, beyond its bottoms, tops and params (an im2col buffer written and
-        read back, transform-domain tiles, an argmax), for the backward with
-        ``propagate_down``. (0, 0) for a layer that has none."""
-        return 0, 0
+    def memory_traffic(self, bottoms, tops, propagate_down):
+        """After reshape: the bytes ``(forward, backward)`` one pass reads and writes, every
+        array counted once per read and once per write, for a backward with
+        ``propagate_down``. This default is a layer without arrays of its own: forward reads
+        the bottoms' data and the params and writes the tops' data; backward reads the tops'
+        diffs, the bottoms' data and the params and writes the param diffs and the diffs of
+        the bottoms it propagates to. Layers that stream their own arrays (an im2col
+        buffer, transform-domain tiles, an argmax) or skip some of these count their own."""
+        data = sum(b.data.nbytes for b in bottoms)
+        params = sum(p.data.nbytes for p in self.params)
+        outs = sum(t.data.nbytes for t in tops)
+        grads = sum(b.data.nbytes for b, down in zip(bottoms, propagate_down) if down)
+        return data + params + outs, outs + data + 2 * params + grads
 
     # ----- optional protocol: how the layer computes (wincaffe time) -------------------
     def execution(self):
