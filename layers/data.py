@@ -59,6 +59,11 @@ class Data(Layer):
             raise self.error(f"random_shift {t.random_shift} must be smaller than the image "
                              f"size {self.images.shape[-2:]}", field="transform_param.random_shift")
         self.random_shift = t.random_shift if self.phase == TRAIN else 0
+        s = self.random_shift
+        if s:   # the shift canvas, kept: only its interior is ever written, so its border stays zero
+            H, W = self.images.shape[-2:]
+            self._canvas = np.zeros((self.batch_size,) + self.images.shape[1:-2] + (H + 2 * s, W + 2 * s),
+                                    self.images.dtype)
         self.own_rng = np.random.default_rng(self.rng.integers(2**63))
         self.cursor = 0
         self.order = self._new_order()
@@ -103,10 +108,7 @@ class Data(Layer):
         """(B, C, H, W) -> the same images, each translated by its own random (dy, dx)."""
         s = self.random_shift
         H, W = batch.shape[-2:]
-        shape = batch.shape[:-2] + (H + 2 * s, W + 2 * s)
-        padded = getattr(self, "_canvas", None)
-        if padded is None or padded.shape != shape or padded.dtype != batch.dtype:
-            padded = self._canvas = np.zeros(shape, batch.dtype)   # the border is never written
+        padded = self._canvas
         padded[..., s:s + H, s:s + W] = batch
         offsets = self.own_rng.integers(0, 2 * s + 1, size=(len(batch), 2))
         out = self.workspace("data_shifted", batch.shape, batch.dtype)

@@ -85,10 +85,10 @@ def cmd_test(args):
 
 
 def cmd_time(args):
+    from wincaffe.counting import memory_traffic
     from wincaffe.layer import TRAIN
     net = _load_net(args, TRAIN)
     log.info(f"Performing Forward-Backward timing over {args.iterations} iterations")
-    from wincaffe.counting import memory_traffic
     fwd, bwd = net.time_layers(args.iterations)
     traffic = memory_traffic(net)
     width = max(len(l.name) for l in net.layers)
