@@ -4,33 +4,89 @@
 Layout: ``col[(c*kh + i)*kw + j, n*P + y*ow + x] = x_pad[n, c, y*s + i*d, x*s + j*d]``
 with P = oh*ow, i.e. ``col`` is (C*kh*kw, N*oh*ow), so that a convolution is
 ``W.reshape(K, C*kh*kw) @ col`` -> (K, N*oh*ow). Zero padding is implicit.
+
+For one row r = (c, i, j) of ``col`` the valid output rows [ylo, yhi) and columns
+[lo, hi) (those that read inside the image) are the same for every image, so each
+(r, n) block is: zero borders, then ``yhi - ylo`` runs of ``hi - lo`` elements.
+Output rows are short (8 in LeNet's conv2), so the runs are moved in fixed-size
+chunks of 8 (memcpy of a constant size, which the compiler turns into vector moves
+with no aliasing checks) instead of loops of unknown length.
+
 Each row of ``col`` is written by one thread (prange over rows); ``col2im`` splits
-the work by channel so no two threads add into the same input element (the sums
-are therefore deterministic). Inner loops run on raw pointers over the valid
-x-range of each output row, so they vectorise.
+the work by channel so no two threads add into the same input element, and every
+input element receives its terms in the same order, kernel offset (i, j) ascending,
+whatever the thread count (the sums are deterministic).
 """
 from cython.parallel cimport prange
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 ctypedef fused real:
     float
     double
 
 
-cdef inline Py_ssize_t _x_lo(Py_ssize_t x0, Py_ssize_t stride, Py_ssize_t W, Py_ssize_t ow) noexcept nogil:
-    """First output column xx with x0 + xx*stride >= 0 (at most _x_hi)."""
-    cdef Py_ssize_t a = 0, b = _x_hi(x0, stride, W, ow)
+cdef inline Py_ssize_t _lo(Py_ssize_t x0, Py_ssize_t stride, Py_ssize_t W, Py_ssize_t ow) noexcept nogil:
+    """First output index xx with x0 + xx*stride >= 0 (at most _hi)."""
+    cdef Py_ssize_t a = 0, b = _hi(x0, stride, W, ow)
     if x0 < 0:
         a = (-x0 + stride - 1) // stride
     return a if a < b else b
 
 
-cdef inline Py_ssize_t _x_hi(Py_ssize_t x0, Py_ssize_t stride, Py_ssize_t W, Py_ssize_t ow) noexcept nogil:
-    """One past the last output column xx with x0 + xx*stride < W."""
+cdef inline Py_ssize_t _hi(Py_ssize_t x0, Py_ssize_t stride, Py_ssize_t W, Py_ssize_t ow) noexcept nogil:
+    """One past the last output index xx with x0 + xx*stride < W."""
     cdef Py_ssize_t b = 0
     if x0 < W:
         b = (W - 1 - x0) // stride + 1
     return b if b < ow else ow
+
+
+cdef inline void _copy_run(real* dst, const real* src, Py_ssize_t n) noexcept nogil:
+    """dst[0:n] = src[0:n] (the arrays do not overlap). Runs of 4 or more are moved as
+    chunks of 8 (or 4) of constant size; the last chunk may overlap the one before it,
+    which rewrites the same values."""
+    cdef Py_ssize_t q = 0
+    if n >= 8:
+        while q < n - 8:
+            memcpy(dst + q, src + q, 8 * sizeof(real))
+            q += 8
+        memcpy(dst + n - 8, src + n - 8, 8 * sizeof(real))
+    elif n >= 4:
+        memcpy(dst, src, 4 * sizeof(real))
+        memcpy(dst + n - 4, src + n - 4, 4 * sizeof(real))
+    else:
+        for q in range(n):
+            dst[q] = src[q]
+
+
+cdef inline void _gather_block(real* dst, const real* plane, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow,
+                               Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t stride, Py_ssize_t ylo,
+                               Py_ssize_t yhi, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """One (oh, ow) block of ``col``: dst[yy, xx] = plane[y0 + yy*s, x0 + xx*s] inside the
+    image, 0 outside (rows outside [ylo, yhi), columns outside [lo, hi))."""
+    cdef Py_ssize_t yy, xx
+    cdef const real* src
+    cdef real* row
+    if ylo > 0:
+        memset(dst, 0, ylo * ow * sizeof(real))
+    if stride == 1 and lo == 0 and hi == ow:        # the common case: whole rows inside
+        for yy in range(ylo, yhi):
+            _copy_run(dst + yy * ow, plane + (y0 + yy) * W + x0, ow)
+    else:
+        for yy in range(ylo, yhi):
+            row = dst + yy * ow
+            src = plane + (y0 + yy * stride) * W + x0
+            for xx in range(lo):
+                row[xx] = 0
+            if stride == 1:
+                _copy_run(row + lo, src + lo, hi - lo)
+            else:
+                for xx in range(lo, hi):
+                    row[xx] = src[xx * stride]
+            for xx in range(hi, ow):
+                row[xx] = 0
+    if yhi < oh:
+        memset(dst + yhi * ow, 0, (oh - yhi) * ow * sizeof(real))
 
 
 def im2col(const real[:, :, :, ::1] x, real[:, ::1] col, int kh, int kw,
@@ -38,37 +94,24 @@ def im2col(const real[:, :, :, ::1] x, real[:, ::1] col, int kh, int kw,
     """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t rows = C * kh * kw, P = oh * ow
-    cdef Py_ssize_t r, c, i, j, n, yy, xx, iy, x0, lo, hi
-    cdef const real* src
-    cdef real* dst
+    cdef Py_ssize_t r, c, i, j, n, x0, y0, lo, hi, ylo, yhi
     if col.shape[0] != rows or col.shape[1] != N * P:
         raise ValueError(f"col has shape {(col.shape[0], col.shape[1])}, expected ({rows}, {N * P})")
+    if N == 0 or rows == 0 or P == 0:
+        return
     with nogil:
         for r in prange(rows, schedule="static"):
             c = r // (kh * kw)
             i = (r // kw) % kh
             j = r % kw
+            y0 = i * dilation - pad
             x0 = j * dilation - pad
-            lo = _x_lo(x0, stride, W, ow)
-            hi = _x_hi(x0, stride, W, ow)
+            ylo = _lo(y0, stride, H, oh)
+            yhi = _hi(y0, stride, H, oh)
+            lo = _lo(x0, stride, W, ow)
+            hi = _hi(x0, stride, W, ow)
             for n in range(N):
-                for yy in range(oh):
-                    dst = &col[r, n * P + yy * ow]
-                    iy = yy * stride + i * dilation - pad
-                    if iy < 0 or iy >= H:
-                        memset(dst, 0, ow * sizeof(real))
-                        continue
-                    src = &x[n, c, iy, 0]
-                    for xx in range(lo):
-                        dst[xx] = 0
-                    if stride == 1:
-                        for xx in range(lo, hi):
-                            dst[xx] = src[x0 + xx]
-                    else:
-                        for xx in range(lo, hi):
-                            dst[xx] = src[x0 + xx * stride]
-                    for xx in range(hi, ow):
-                        dst[xx] = 0
+                _gather_block(&col[r, n * P], &x[n, c, 0, 0], W, oh, ow, y0, x0, stride, ylo, yhi, lo, hi)
 
 
 def col2im(const real[:, ::1] col, real[:, :, :, ::1] dx, int kh, int kw,
@@ -90,8 +133,8 @@ def col2im(const real[:, ::1] col, real[:, :, :, ::1] dx, int kh, int kw,
                 for j in range(kw):
                     r = (c * kh + i) * kw + j
                     x0 = j * dilation - pad
-                    lo = _x_lo(x0, stride, W, ow)
-                    hi = _x_hi(x0, stride, W, ow)
+                    lo = _lo(x0, stride, W, ow)
+                    hi = _hi(x0, stride, W, ow)
                     for n in range(N):
                         for yy in range(oh):
                             iy = yy * stride + i * dilation - pad

@@ -1,0 +1,94 @@
+"""im2col / col2im against plain NumPy references, exactly (the kernels move values and add
+them in a fixed order, so no tolerance is needed).
+
+The widths of the output rows run over 1..19 and 24..40 so every branch of the chunked
+row copy is taken: runs of 1–3, 4–7 (two overlapping chunks of 4), 8, and 9 or more
+(chunks of 8, the last one overlapping), inside the image and cut by the padding.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wincaffe._kernels.im2col import col2im, im2col
+
+
+def _out(size, k, pad, stride, dilation):
+    return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def im2col_reference(x, k, pad, stride, dilation):
+    """col (C·k², N·oh·ow) from zero-padded slices, one kernel offset (i, j) at a time."""
+    N, C, H, W = x.shape
+    oh, ow = _out(H, k, pad, stride, dilation), _out(W, k, pad, stride, dilation)
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    col = np.empty((C, k, k, N, oh, ow), x.dtype)
+    for i in range(k):
+        for j in range(k):
+            rows = slice(i * dilation, i * dilation + stride * (oh - 1) + 1, stride)
+            cols = slice(j * dilation, j * dilation + stride * (ow - 1) + 1, stride)
+            col[:, i, j] = xp[:, :, rows, cols].transpose(1, 0, 2, 3)
+    return col.reshape(C * k * k, N * oh * ow)
+
+
+def col2im_reference(col, shape, k, pad, stride, dilation):
+    """The adjoint: each offset (i, j), in ascending order, adds its block into a zero-padded
+    dx, which is then cropped."""
+    N, C, H, W = shape
+    oh, ow = _out(H, k, pad, stride, dilation), _out(W, k, pad, stride, dilation)
+    blocks = col.reshape(C, k, k, N, oh, ow)
+    dxp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), col.dtype)
+    for i in range(k):
+        for j in range(k):
+            rows = slice(i * dilation, i * dilation + stride * (oh - 1) + 1, stride)
+            cols = slice(j * dilation, j * dilation + stride * (ow - 1) + 1, stride)
+            dxp[:, :, rows, cols] += blocks[:, i, j].transpose(1, 0, 2, 3)
+    return dxp[:, :, pad:pad + H, pad:pad + W]
+
+
+def _check(shape, k, pad, stride, dilation, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    N, C, H, W = shape
+    oh, ow = _out(H, k, pad, stride, dilation), _out(W, k, pad, stride, dilation)
+    x = rng.standard_normal(shape).astype(dtype)
+    col = np.full((C * k * k, N * oh * ow), np.nan, dtype)      # every element must be written
+    im2col(x, col, k, k, pad, stride, dilation, oh, ow)
+    np.testing.assert_array_equal(col, im2col_reference(x, k, pad, stride, dilation))
+    g = rng.standard_normal(col.shape).astype(dtype)
+    dx = np.full(shape, np.nan, dtype)
+    col2im(g, dx, k, k, pad, stride, dilation, oh, ow)
+    np.testing.assert_array_equal(dx, col2im_reference(g, shape, k, pad, stride, dilation))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", list(range(1, 20)) + [24, 31, 32, 33, 40])
+@pytest.mark.parametrize("k, pad", [(1, 0), (3, 0), (3, 1), (5, 2)])
+def test_im2col_col2im_match_reference_at_every_row_width(width, k, pad, dtype):
+    W = width + k - 1 - 2 * pad             # stride 1: ow == width
+    if W < 1:
+        pytest.skip("no such input")
+    _check((2, 3, 6, W), k, pad, 1, 1, dtype)
+
+
+@settings(max_examples=150, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 3), H=st.integers(1, 14), W=st.integers(1, 14),
+       k=st.integers(1, 5), pad=st.integers(0, 3), stride=st.integers(1, 3), dilation=st.integers(1, 2),
+       double=st.booleans(), seed=st.integers(0, 2 ** 31))
+def test_im2col_col2im_match_reference_on_random_geometry(N, C, H, W, k, pad, stride, dilation, double, seed):
+    if _out(H, k, pad, stride, dilation) < 1 or _out(W, k, pad, stride, dilation) < 1:
+        return
+    _check((N, C, H, W), k, pad, stride, dilation, np.float64 if double else np.float32, seed)
+
+
+def test_lenet_shapes_match_reference():
+    """LeNet-5's conv1 (1→20, 28×28, 5×5) and conv2 (20→50, 12×12, 5×5: rows of 8)."""
+    _check((8, 1, 28, 28), 5, 0, 1, 1, np.float32)
+    _check((8, 20, 12, 12), 5, 0, 1, 1, np.float32)
+
+
+def test_wrong_col_shape_is_an_error():
+    x = np.zeros((2, 3, 6, 6), np.float32)
+    with pytest.raises(ValueError, match="col has shape"):
+        im2col(x, np.zeros((27, 31), np.float32), 3, 3, 0, 1, 1, 4, 4)
+    with pytest.raises(ValueError, match="col has shape"):
+        col2im(np.zeros((27, 31), np.float32), x, 3, 3, 0, 1, 1, 4, 4)
