@@ -9,7 +9,7 @@ Fig. 1a: the conventional baseline).
 """
 import numpy as np
 
-from wincaffe._kernels.im2col import col2im, im2col
+from wincaffe._kernels.im2col import col2im, gemm_to_nchw, im2col
 from wincaffe import counting
 from wincaffe.conv_geometry import conv_output_shape, require_4d
 from wincaffe.fillers import fill
@@ -54,12 +54,8 @@ class Convolution(SpatialPruning, Layer):
         N, K = bottoms[0].shape[0], self.params[0].shape[0]
         im2col(bottoms[0].data, self.col, self.k, self.k, self.pad, self.stride, self.dilation, self.oh, self.ow)
         np.matmul(self.params[0].data.reshape(K, -1), self.col, out=self.out2d)
-        y = tops[0].data.reshape(N, K, -1)
-        out = self.out2d.reshape(K, N, -1).transpose(1, 0, 2)
-        if len(self.params) > 1:
-            np.add(out, self.params[1].data[None, :, None], out=y)
-        else:
-            np.copyto(y, out)
+        bias = self.params[1].data if len(self.params) > 1 else None
+        gemm_to_nchw(self.out2d, bias, tops[0].data.reshape(N, K, -1))
 
     def backward(self, tops, propagate_down, bottoms):
         N, K = bottoms[0].shape[0], self.params[0].shape[0]

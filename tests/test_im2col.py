@@ -1,4 +1,4 @@
-"""im2col / col2im against plain NumPy references, exactly (the kernels move values and add
+"""im2col / col2im / gemm_to_nchw against plain NumPy references, exactly (the kernels move values and add
 them in a fixed order, so no tolerance is needed).
 
 The widths of the output rows run over 1..19 and 24..40 so every branch of the chunked
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wincaffe._kernels.im2col import col2im, im2col
+from wincaffe._kernels.im2col import col2im, gemm_to_nchw, im2col
 
 
 def _out(size, k, pad, stride, dilation):
@@ -92,3 +92,25 @@ def test_wrong_col_shape_is_an_error():
         im2col(x, np.zeros((27, 31), np.float32), 3, 3, 0, 1, 1, 4, 4)
     with pytest.raises(ValueError, match="col has shape"):
         col2im(np.zeros((27, 31), np.float32), x, 3, 3, 0, 1, 1, 4, 4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, K, P", [(1, 1, 1), (3, 5, 7), (64, 20, 576), (4, 50, 64)])
+def test_gemm_to_nchw_matches_numpy(N, K, P, dtype):
+    rng = np.random.default_rng(N * K * P)
+    out2d = rng.standard_normal((K, N * P)).astype(dtype)
+    bias = rng.standard_normal(K).astype(dtype)
+    y = np.full((N, K, P), np.nan, dtype)
+    gemm_to_nchw(out2d, bias, y)
+    np.testing.assert_array_equal(y, out2d.reshape(K, N, P).transpose(1, 0, 2) + bias[None, :, None])
+    y[...] = np.nan
+    gemm_to_nchw(out2d, None, y)
+    np.testing.assert_array_equal(y, out2d.reshape(K, N, P).transpose(1, 0, 2))
+
+
+def test_gemm_to_nchw_shape_errors():
+    y = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="out2d has shape"):
+        gemm_to_nchw(np.zeros((3, 9), np.float32), None, y)
+    with pytest.raises(ValueError, match="bias has 2 elements"):
+        gemm_to_nchw(np.zeros((3, 8), np.float32), np.zeros(2, np.float32), y)

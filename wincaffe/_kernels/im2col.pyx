@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""im2col / col2im for convolution as one GEMM over the whole batch.
+"""im2col / col2im for convolution as one GEMM over the whole batch, and
+``gemm_to_nchw``, which brings the GEMM's (K, N*P) result back to (N, K, P) with the bias.
 
 Layout: ``col[(c*kh + i)*kw + j, n*P + y*ow + x] = x_pad[n, c, y*s + i*d, x*s + j*d]``
 with P = oh*ow, i.e. ``col`` is (C*kh*kw, N*oh*ow), so that a convolution is
@@ -148,3 +149,27 @@ def col2im(const real[:, ::1] col, real[:, :, :, ::1] dx, int kh, int kw,
                             else:
                                 for xx in range(lo, hi):
                                     dst[x0 + xx * stride] += src[xx]
+
+
+def gemm_to_nchw(const real[:, ::1] out2d, const real[::1] bias, real[:, :, ::1] y):
+    """y[n, k, p] = out2d[k, n*P + p] + bias[k]: the convolution GEMM's (K, N*P) layout to
+    (N, K, P), with the bias (``None``: none) added in the same pass. One addition per
+    element, as NumPy's broadcast add does."""
+    cdef Py_ssize_t N = y.shape[0], K = y.shape[1], P = y.shape[2]
+    cdef Py_ssize_t nk, n, k, p
+    cdef bint has_bias = bias is not None
+    cdef real b
+    if out2d.shape[0] != K or out2d.shape[1] != N * P:
+        raise ValueError(f"out2d has shape {(out2d.shape[0], out2d.shape[1])}, expected ({K}, {N * P})")
+    if has_bias and bias.shape[0] != K:
+        raise ValueError(f"bias has {bias.shape[0]} elements, expected {K}")
+    with nogil:
+        for nk in prange(N * K, schedule="static"):
+            n = nk // K
+            k = nk % K
+            if has_bias:
+                b = bias[k]
+                for p in range(P):
+                    y[n, k, p] = out2d[k, n * P + p] + b
+            else:
+                memcpy(&y[n, k, 0], &out2d[k, n * P], P * sizeof(real))
