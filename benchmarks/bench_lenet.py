@@ -4,6 +4,7 @@ real MNIST batches.
 
     python benchmarks/bench_lenet.py --threads 1
     python benchmarks/bench_lenet.py --threads 1 --net nets/lenet5.yaml nets/lenet5_winograd.yaml
+    python benchmarks/bench_lenet.py --threads 1 --isa avx2     # as on an AVX2-only CPU (isa.py)
 
 Prints per-phase times, the per-epoch estimate (938 iterations), the GEMM bound of
 each net (its direct-convolution GEMM flops per iteration over the sgemm rate measured
@@ -17,6 +18,8 @@ import os
 import statistics
 import sys
 import time
+
+import isa  # benchmarks/, beside this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,7 +117,7 @@ def _serve_torch(conn, threads, iters):
     set_num_threads(threads)
     torch.set_num_threads(threads)
     run = bench_torch(iters)
-    conn.send(torch.__version__)
+    conn.send(f"{torch.__version__} {torch.backends.cpu.get_cpu_capability()}")
     while conn.recv() is not None:
         conn.send(run())
 
@@ -135,7 +138,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="timed blocks per framework (median reported)")
     ap.add_argument("--net", nargs="+", default=[os.path.join(ROOT, "nets", "lenet5.yaml")],
                     help="one or more nets, timed in the same run")
+    isa.add_argument(ap)
     args = ap.parse_args(argv)
+    isa.apply(args.isa)
 
     from wincaffe.log import setup_logging
     from wincaffe.threads import set_num_threads
@@ -162,6 +167,7 @@ def main(argv=None):
     width = max(22, max(len(n) for n in runners) + 2)
     from wincaffe.machine import describe
     print(describe())
+    print(isa.describe())
     print(f"LeNet-5 training iteration, batch 64, {args.threads} thread(s)")
     print(f"{'net / framework':<{width}}{'forward':>9}{'backward':>10}{'update':>9}{'total ms':>10}{'s/epoch':>9}")
     totals = {}

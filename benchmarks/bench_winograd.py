@@ -1,6 +1,7 @@
 """WinogradConv speed against im2col convolution, all ratios measured in the same run.
 
     python benchmarks/bench_winograd.py [--threads 2] [--repeat 10] [--quick] [--channels 64 128]
+                                        [--isa avx2]   # as on an AVX2-only CPU (isa.py)
 
 Rows: (a) LeNet conv2 at batch 64 (64×20×12×12 input, 50 kernels 5×5, pad 0)
 with F(2,5) and F(4,5); (b) 3×3 pad 1, batch 1, H = W = 128, C = K ∈ {8, 16,
@@ -25,6 +26,8 @@ import argparse
 import os
 import sys
 
+import isa  # benchmarks/, beside this script (standard library only)
+
 
 def _parse():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -35,10 +38,13 @@ def _parse():
     ap.add_argument("--quick", action="store_true", help="C = K ∈ {16, 64} only")
     ap.add_argument("--channels", type=int, nargs="+", default=None)
     ap.add_argument("--tiles", type=int, nargs="+", default=[2, 4, 6])
+    isa.add_argument(ap)
     return ap.parse_args()
 
 
 ARGS = _parse() if __name__ == "__main__" else None
+if ARGS is not None:
+    isa.apply(ARGS.isa)                            # re-executes restricted to AVX2 if asked
 if ARGS is not None and ARGS.threads is not None:  # before NumPy binds OpenBLAS / OpenMP
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
@@ -155,6 +161,7 @@ def main(a):
     from wincaffe._kernels.winograd import KERNELS
     from wincaffe.machine import describe
     print(describe())
+    print(isa.describe())
     print(f"WinogradConv benchmark, float32, best of {a.repeat}; threads: {pools}, OpenMP {get_omp_threads()}; "
           f"cpus: {os.cpu_count()}; kernels: {KERNELS}; batched GEMMs: {GEMM_BACKEND}")
     has_torch = torch_reference.available()     # timed in a process of its own
