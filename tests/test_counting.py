@@ -296,13 +296,15 @@ def test_memory_traffic_of_lenet5_by_hand():
     col1, out1 = 25 * B * 576 * f4, c1                              # im2col (25, N·576), GEMM (20, N·576)
     # x read, col written and read, W and b read, (20, N·576) written and read, y written
     assert t["conv1"]["forward"] == x + 2 * col1 + w1 + 2 * out1 + c1
-    # no input gradient (the data): dY read twice (layout, db), its layout written and read, col read, dW db written
-    assert t["conv1"]["backward"] == 2 * c1 + 2 * out1 + col1 + w1
+    # no input gradient (the data): dY read twice (layout, db), its layout written and read, col read,
+    # dWᵀ written and read (20·25 floats), dW db written
+    assert t["conv1"]["backward"] == 2 * c1 + 2 * out1 + col1 + 2 * 20 * 25 * f4 + w1
     p1 = B * 20 * 12 * 12 * f4
     c2, w2 = B * 50 * 8 * 8 * f4, (50 * 500 + 50) * f4
     col2, out2 = 500 * B * 64 * f4, c2
     # with an input gradient: W and the dY layout read again, dcol written and read, dx written
-    assert t["conv2"]["backward"] == 2 * c2 + 2 * out2 + col2 + w2 + (50 * 500 * f4 + out2 + 2 * col2 + p1)
+    assert t["conv2"]["backward"] == (2 * c2 + 2 * out2 + col2 + 2 * 50 * 500 * f4 + w2
+                                      + (50 * 500 * f4 + out2 + 2 * col2 + p1))
     argmax1 = p1                                                     # int32, the top's shape
     assert t["pool1"] == {"name": "pool1", "type": "Pooling", "forward": c1 + p1 + argmax1,
                           "backward": p1 + argmax1 + c1}
