@@ -297,3 +297,38 @@ def test_float32_ave_pooling_sums_in_float32_like_caffe(shape):
         y, _ = caffe_pool_reference(x, "AVE", 2, 2, 0)
     assert np.isinf(y[0, 0, 0, 0])
     np.testing.assert_array_equal(tops[0].data, y)
+
+
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+@pytest.mark.parametrize("shape", [(4, 16, 64, 66), (2, 8, 130, 129)])   # above the one-thread limit
+def test_pooling_of_large_inputs_is_the_same_on_one_and_two_threads(pool, shape):
+    """Inputs of 2^18 elements or more are split among the OpenMP threads (smaller ones run
+    on one); the planes are independent, so the results must not depend on the split.
+    The 2×2 MAX forward is also checked against a NumPy reshape-max."""
+    from wincaffe._kernels.threads import get_omp_threads, set_omp_threads
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = None
+    results = []
+    before = get_omp_threads()
+    try:
+        for threads in (1, 2):
+            set_omp_threads(threads)
+            layer, bottoms, tops = make_layer("Pooling", [shape], dtype=np.float32,
+                                              pooling_param={"pool": pool, "kernel_size": 2, "stride": 2})
+            bottoms[0].data[...] = x
+            layer.forward(bottoms, tops)
+            if g is None:
+                g = rng.standard_normal(tops[0].shape).astype(np.float32)
+            tops[0].diff[...] = g
+            layer.backward(tops, [True], bottoms)
+            results.append((tops[0].data.copy(), bottoms[0].diff.copy()))
+    finally:
+        set_omp_threads(before)
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    if pool == "MAX":
+        N, C, H, W = shape
+        h, w = H // 2 * 2, W // 2 * 2
+        full = x[:, :, :h, :w].reshape(N, C, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+        np.testing.assert_array_equal(results[1][0][:, :, :h // 2, :w // 2], full)
