@@ -18,6 +18,7 @@ the work by channel so no two threads add into the same input element, and every
 input element receives its terms in the same order, kernel offset (i, j) ascending,
 whatever the thread count (the sums are deterministic).
 """
+cimport openmp
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
@@ -159,12 +160,15 @@ def gemm_to_nchw(const real[:, ::1] out2d, const real[::1] bias, real[:, :, ::1]
     cdef Py_ssize_t nk, n, k, p
     cdef bint has_bias = bias is not None
     cdef real b
+    # under 2^18 elements one thread (as the pooling kernels: ~0.05 ms of work, less than
+    # waiting for a second thread that sleeps or serves another process)
+    cdef int nt = 1 if N * K * P < (1 << 18) else openmp.omp_get_max_threads()
     if out2d.shape[0] != K or out2d.shape[1] != N * P:
         raise ValueError(f"out2d has shape {(out2d.shape[0], out2d.shape[1])}, expected ({K}, {N * P})")
     if has_bias and bias.shape[0] != K:
         raise ValueError(f"bias has {bias.shape[0]} elements, expected {K}")
     with nogil:
-        for nk in prange(N * K, schedule="static"):
+        for nk in prange(N * K, schedule="static", num_threads=nt):
             n = nk // K
             k = nk % K
             if has_bias:
