@@ -194,14 +194,14 @@ class FFTConv(Layer):
         F, N, C = X.shape
         K = Gc.shape[1]
         Xa = self.workspace("fft_sparse_x", (F, 2 * C, 2 * N), self.dtype)
-        Xt = Xa[:, :C].view(self.ctype)                                  # (F, C, N) complex view
-        np.copyto(Xt, X.transpose(0, 2, 1))
-        iX = Xa[:, C:].reshape(F, C, N, 2)
-        np.negative(Xt.imag, out=iX[..., 0])
-        np.copyto(iX[..., 1], Xt.real)
+        XT = X.transpose(0, 2, 1)                                        # (F, C, N)
+        np.copyto(Xa[:, :C].view(self.ctype), XT)
+        iX = Xa[:, C:].reshape(F, C, N, 2)            # read from X, not from Xa's first half:
+        np.negative(XT.imag, out=iX[..., 0])          # NumPy cannot rule out an overlap of two
+        np.copyto(iX[..., 1], XT.real)                # strided views of Xa and would copy
         pattern = self.workspace("fft_sparse_pattern", (F, K, 2 * C), np.bool_)
-        np.not_equal(self._Mfm, 0, out=pattern[..., :C])
-        np.copyto(pattern[..., C:], pattern[..., :C])
+        np.not_equal(self._Mfm, 0, out=pattern[..., :C])      # both halves from the mask (a copy
+        np.not_equal(self._Mfm, 0, out=pattern[..., C:])      # between them would be buffered)
         S = self.workspace("fft_sparse_s", (F, K, 2 * C), self.dtype)   # [Re G, Im G]
         np.copyto(S[..., :C], Gc.real)
         np.copyto(S[..., C:], Gc.imag)

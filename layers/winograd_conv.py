@@ -265,7 +265,8 @@ class WinogradConv(Layer):
         else:
             return None
         K, C = mask.shape[:2]
-        return np.ascontiguousarray(mask.reshape(K * C, -1).T.reshape(-1, K, C) != 0)
+        pattern = self.workspace("winograd_pattern", (mask[0, 0].size, K, C), np.bool_)
+        return np.not_equal(mask.reshape(K * C, -1).T.reshape(-1, K, C), 0, out=pattern)
 
     def activation_density(self, bottoms):
         return "winograd", float(np.count_nonzero(self.V)) / self.V.size

@@ -58,6 +58,32 @@ def test_csr_keeps_a_given_pattern_with_zero_values_and_refills():
     np.testing.assert_array_equal(csr.dense(), [[[10, 0, 0], [0, 0, 30]]])
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 3), (3, 4, 5), (2, 7, 1)])
+def test_transposed_csr_refills_from_the_untransposed_stack(shape):
+    rng = np.random.default_rng(sum(shape))
+    S = rng.standard_normal(shape)
+    pattern = rng.random(shape) < 0.5
+    t = sk.CSR(S, pattern=pattern).transposed(S)
+    np.testing.assert_array_equal(t.dense(), np.where(pattern, S, 0).transpose(0, 2, 1))
+    S2 = rng.standard_normal(shape)
+    t.refill(S2)                                  # S itself, not Sᵀ: no transposed copy
+    np.testing.assert_array_equal(t.dense(), np.where(pattern, S2, 0).transpose(0, 2, 1))
+
+
+def test_same_bytes():
+    from wincaffe._kernels.same_bytes import same_bytes
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert same_bytes(a, a.copy()) and same_bytes(np.zeros(0), np.zeros(0))
+    b = a.copy()
+    b[2, 3] += 1
+    assert not same_bytes(a, b)
+    assert not same_bytes(a, a.reshape(4, 3)) and not same_bytes(a, a.astype(np.float64))
+    n = np.full(3, np.nan)
+    assert same_bytes(n, n.copy()) and not np.array_equal(n, n.copy())   # "unchanged" holds for NaN
+    with pytest.raises(ValueError, match="C-contiguous"):
+        same_bytes(a.T, a.T.copy())
+
+
 def test_kernel_argument_checks():
     k = sk.kernels("baseline")
     csr = sk.CSR(np.ones((2, 3, 4), np.float32))

@@ -92,7 +92,7 @@ class Param:
     weights (the gradient note, eq. 18). See :mod:`wincaffe.solver` for the order.
     """
 
-    __slots__ = ("name", "data", "diff", "mask", "preconditioner", "lr_mult", "decay_mult")
+    __slots__ = ("name", "data", "diff", "mask", "preconditioner", "lr_mult", "decay_mult", "_masked_diff")
 
     def __init__(self, name, data, lr_mult=1.0, decay_mult=1.0):
         self.name = name
@@ -101,6 +101,7 @@ class Param:
         self.mask = None
         self.preconditioner = None
         self.lr_mult, self.decay_mult = lr_mult, decay_mult
+        self._masked_diff = None       # M·diff for the preconditioner, kept between updates
 
     @property
     def shape(self):
@@ -127,7 +128,9 @@ class Param:
         elif self.mask is None:
             self.preconditioner(self.diff, out)
         else:
-            self.preconditioner(self.diff * self.mask, out)
+            if self._masked_diff is None or self._masked_diff.shape != self.diff.shape:
+                self._masked_diff = np.empty_like(self.diff)
+            self.preconditioner(np.multiply(self.diff, self.mask, out=self._masked_diff), out)
         if self.mask is not None:
             out *= self.mask
         return out

@@ -9,9 +9,11 @@ A layer owns one :class:`SparseProducts` per product stage and asks it each pass
                 dX[p] = S[p]ᵀ @ dM[p]            (the same pattern, transposed)
 
 The compressed layout (a CSR of S and one of Sᵀ) is rebuilt only when the mask changes,
-and its values refilled only when the weights change (compared with a copy of the last
-ones: at inference once, in retraining once per update); ``builds`` and ``refills``
-count them.
+and its values refilled only when the weights change (compared byte for byte with a
+copy of the last ones: at inference once, in retraining once per update); ``builds`` and
+``refills`` count them. Comparing, refilling and the backward's sampled products use kept
+arrays, so retraining a pruned layer allocates nothing per iteration
+(``tests/test_hot_path.py``).
 
 Whether to go sparse (``setting``): ``on``, ``off``, or ``auto``: sparse when the mask's
 density is at most the layer's break-even (``BREAK_EVEN`` for WinogradConv,
@@ -22,6 +24,7 @@ sparse path that loses. Without a mask a layer is dense.
 import numpy as np
 
 from wincaffe._kernels import sparse as sk
+from wincaffe._kernels.same_bytes import same_bytes
 
 SETTINGS = ("auto", "on", "off")
 # Measured break-even densities (benchmarks/bench_sparse.py, one thread; README "Sparse execution").
@@ -52,6 +55,7 @@ class SparseProducts:
         self.active = False
         self._pattern = None          # the bool pattern (P, R, Q) the CSRs were built for
         self._values = None           # the S they hold
+        self._dvals = {}              # backward's values of dS at the pattern, per dtype
         self._csr = self._csr_t = None
 
     @property
@@ -77,15 +81,17 @@ class SparseProducts:
     def _layout(self, S, pattern):
         """The CSRs of S and Sᵀ for ``pattern``: rebuilt if the pattern changed, refilled
         if only S did, kept otherwise."""
-        if self._pattern is None or self._pattern.shape != pattern.shape or not np.array_equal(self._pattern, pattern):
+        pattern = np.ascontiguousarray(pattern, dtype=bool)
+        if self._pattern is None or not same_bytes(self._pattern, pattern):
             self._pattern = pattern.copy()
             self._csr = sk.CSR(S, pattern=pattern)
             self._csr_t = self._csr.transposed(S)
             self._values = S.copy()
+            self._dvals = {}
             self.builds += 1
-        elif not np.array_equal(self._values, S):
+        elif not same_bytes(self._values, S):         # compared and refilled without temporaries
             self._csr.refill(S)
-            self._csr_t.refill(np.ascontiguousarray(S.transpose(0, 2, 1)))
+            self._csr_t.refill(S)
             np.copyto(self._values, S)
             self.refills += 1
         return self._csr, self._csr_t
@@ -102,7 +108,9 @@ class SparseProducts:
         csr, csr_t = self._csr, self._csr_t
         if csr is None:
             raise RuntimeError("SparseProducts.backward needs a sparse forward first")
-        vals = np.empty(csr.nnz, dM.dtype)
+        vals = self._dvals.get(dM.dtype)
+        if vals is None:                                    # one buffer per layout and dtype
+            vals = self._dvals[dM.dtype] = np.empty(csr.nnz, dM.dtype)
         self.kernels.sampled_dot(csr.rowptr, csr.cols, dM, X, vals)
         flat = dS.reshape(-1)
         flat[...] = 0

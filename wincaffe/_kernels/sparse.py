@@ -33,6 +33,7 @@ class CSR:
         np.cumsum(np.bincount(rows, minlength=P * R), out=self.rowptr[1:])
         self.cols = cols.astype(np.int32)
         self.index = flat                                          # positions in S.reshape(P·R, Q)
+        self.source = flat                 # where refill() takes each value from (see transposed)
         self.vals = np.ascontiguousarray(S.reshape(P * R, Q).reshape(-1)[flat])
 
     @property
@@ -45,16 +46,24 @@ class CSR:
         return self.nnz / max(P * R * Q, 1)
 
     def refill(self, S):
-        """New values from S (same pattern), in place."""
-        np.take(np.asarray(S).reshape(-1), self.index, out=self.vals)
+        """New values, in place, from S: the (P, R, Q) stack this CSR was made from, or for a
+        :meth:`transposed` one the untransposed stack it was made from (no transposed copy)."""
+        # mode="clip": with the default "raise", np.take writes through a copy of ``out``
+        # (the indices are this CSR's own, always in range)
+        np.take(np.asarray(S).reshape(-1), self.source, out=self.vals, mode="clip")
 
     def transposed(self, S):
-        """The CSR of Sᵀ (P, Q, R) with the same pattern transposed (values from S)."""
+        """The CSR of Sᵀ (P, Q, R) with the same pattern transposed (values from S); its
+        ``refill`` takes S itself: ``source`` maps each entry (p, q, r) of Sᵀ to (p, r, q) of S."""
         P, R, Q = self.shape
         keep = np.zeros(P * R * Q, bool)
         keep[self.index] = True
-        return CSR(np.ascontiguousarray(np.asarray(S).transpose(0, 2, 1)),
-                   pattern=np.ascontiguousarray(keep.reshape(P, R, Q).transpose(0, 2, 1)))
+        t = CSR(np.ascontiguousarray(np.asarray(S).transpose(0, 2, 1)),
+                pattern=np.ascontiguousarray(keep.reshape(P, R, Q).transpose(0, 2, 1)))
+        p, rest = np.divmod(t.index, Q * R)
+        q, r = np.divmod(rest, R)
+        t.source = (p * R + r) * Q + q
+        return t
 
     def dense(self):
         out = np.zeros(self.shape[0] * self.shape[1] * self.shape[2], self.vals.dtype)
