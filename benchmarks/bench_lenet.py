@@ -19,7 +19,8 @@ import statistics
 import sys
 import time
 
-import isa  # benchmarks/, beside this script
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # also under python -m benchmarks.…
+import isa  # noqa: E402  (benchmarks/, beside this script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,7 +141,7 @@ def main(argv=None):
                     help="one or more nets, timed in the same run")
     isa.add_argument(ap)
     args = ap.parse_args(argv)
-    isa.apply(args.isa)
+    isa.apply(args.isa, argv)
 
     from wincaffe.log import setup_logging
     from wincaffe.threads import set_num_threads

@@ -26,7 +26,8 @@ import argparse
 import os
 import sys
 
-import isa  # benchmarks/, beside this script (standard library only)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # also under python -m benchmarks.…
+import isa  # noqa: E402  (benchmarks/, beside this script; standard library only)
 
 
 def _parse():

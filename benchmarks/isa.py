@@ -11,6 +11,7 @@ re-executes itself, because each library reads its variable once, at load time:
     WINCAFFE_QUANT_PATH       wincaffe's integer Winograd products: the AVX2 build
     ATEN_CPU_CAPABILITY       PyTorch's ATen kernels: AVX2
     ONEDNN_MAX_CPU_ISA        PyTorch's oneDNN convolutions: AVX2
+    MKL_ENABLE_INSTRUCTIONS   MKL (PyTorch's matrix products, e.g. its Linear layers): AVX2
 
 What this does not emulate: the caches, memory and clock stay those of the AVX-512
 machine, and FFTW (the FFT layers) picks its codelets itself. The figures are an
@@ -28,6 +29,7 @@ AVX2_ENV = {
     "WINCAFFE_QUANT_PATH": "avx2",
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
 }
 CHOICES = ("native", "avx2")
 _MARK = "WINCAFFE_BENCH_ISA"
@@ -39,19 +41,30 @@ def add_argument(parser):
                              "AVX2-only CPU; see benchmarks/isa.py)")
 
 
-def apply(isa):
-    """Re-execute this process with the restricted environment (once); no-op for native.
-    Call before NumPy or any BLAS is imported."""
+def apply(isa, argv=None):
+    """Re-execute this process (same interpreter flags and arguments) with the restricted
+    environment, once; no-op for native. Call before NumPy or any BLAS is imported, from a
+    script's command line only: ``argv`` given (a caller's own argument list) is an error,
+    because the re-executed process would not see it."""
     if isa == "native" or os.environ.get(_MARK) == isa:
         return
+    if argv is not None:
+        raise ValueError("--isa avx2 re-executes the script; run it from the command line")
     env = dict(os.environ, **AVX2_ENV, **{_MARK: isa})
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+    if os.environ.get("GLIBC_TUNABLES"):                   # keep the user's other tunables
+        env["GLIBC_TUNABLES"] = os.environ["GLIBC_TUNABLES"] + ":" + AVX2_ENV["GLIBC_TUNABLES"]
+    os.execve(sys.executable, sys.orig_argv, env)
 
 
 def describe():
-    """One line saying whether the run is restricted (printed beside machine.describe())."""
+    """One line: whether the run is restricted, naming each variable as it is set now (one
+    missing or changed shows up as such)."""
     isa = os.environ.get(_MARK)
     if not isa:
         return "ISA: native (every library chose its widest SIMD)"
-    return ("ISA: restricted to AVX2 on this CPU (" + ", ".join(f"{k}={v}" for k, v in AVX2_ENV.items())
-            + "); caches and clock are this machine's, FFTW not restricted")
+    state = []
+    for key, want in AVX2_ENV.items():
+        have = os.environ.get(key)
+        state.append(f"{key}={have}" if have is not None and want in have else f"{key} NOT SET (wanted {want})")
+    return ("ISA: restricted to AVX2 on this CPU, whose own SIMD level is printed above ("
+            + ", ".join(state) + "); caches and clock are this machine's, FFTW not restricted")

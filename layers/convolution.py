@@ -63,13 +63,17 @@ class Convolution(SpatialPruning, Layer):
         dy2d = self.out2d  # reuse: (K, N*P)
         np.copyto(dy2d.reshape(K, N, -1), dy.transpose(1, 0, 2))
         w = self.params[0]
-        # dW = dY colᵀ, computed as its transpose col dYᵀ: the same dot products over N·P,
-        # which OpenBLAS's SkylakeX kernels sum in the same order (bit-identical, measured)
-        # and run 20-40% faster this way round (LeNet's conv1 1.43 -> 1.16 ms, conv2
-        # 3.37 -> 2.59); on its Haswell kernels the two differ by rounding, at equal speed.
-        dWt = self.workspace("dWt", (self.col.shape[0], K), self.dtype)
-        np.matmul(self.col, dy2d.T, out=dWt)
-        np.copyto(w.diff.reshape(K, -1), dWt.T)
+        if self.dtype == np.float32:
+            # dW = dY colᵀ, computed as its transpose col dYᵀ: the same dot products over N·P,
+            # which OpenBLAS's SkylakeX sgemm sums in the same order (bit-identical, 920 shapes
+            # measured) and runs 20-40% faster this way round (LeNet's conv1 1.43 -> 1.16 ms,
+            # conv2 3.37 -> 2.59). Its dgemm does not (float64 keeps the direct order), nor its
+            # Haswell kernels (rounding differences, at equal speed).
+            dWt = self.workspace("dWt", (self.col.shape[0], K), self.dtype)
+            np.matmul(self.col, dy2d.T, out=dWt)
+            np.copyto(w.diff.reshape(K, -1), dWt.T)
+        else:
+            np.matmul(dy2d, self.col.T, out=w.diff.reshape(K, -1))
         if len(self.params) > 1:
             self.params[1].diff[...] = dy.sum(axis=(0, 2))
         if propagate_down[0]:
@@ -83,14 +87,17 @@ class Convolution(SpatialPruning, Layer):
         """Forward: im2col reads x and writes ``col`` (C·k², N·P); the GEMM reads W and col
         and writes (K, N·P); the bias pass reads that and b and writes y. Backward: dY is
         read into that layout (written, then read by the dW GEMM with col), read again for
-        db; the GEMM writes dWᵀ, copied (read) into dW; dW and db written. Input gradient: the GEMM reads W and dY's layout again and
-        writes ``dcol``, which col2im reads to write dx."""
+        db; in float32 the GEMM writes dWᵀ, copied (read) into dW; dW and db written.
+        Input gradient: the GEMM reads W and dY's layout again and writes ``dcol``, which
+        col2im reads to write dx."""
         x, y = bottoms[0].data.nbytes, tops[0].data.nbytes
         col, out = self.col.nbytes, self.out2d.nbytes
         w = self.params[0].data.nbytes
         params = sum(p.data.nbytes for p in self.params)
         forward = x + 2 * col + params + 2 * out + y
-        backward = 2 * y + 2 * out + col + 2 * w + params
+        backward = 2 * y + 2 * out + col + params
+        if self.dtype == np.float32:                    # dWᵀ written, then read into dW
+            backward += 2 * w
         if propagate_down[0]:
             backward += w + out + 2 * col + x
         return forward, backward

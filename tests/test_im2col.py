@@ -1,7 +1,7 @@
 """im2col / col2im / gemm_to_nchw against plain NumPy references, exactly (the kernels move values and add
 them in a fixed order, so no tolerance is needed).
 
-The widths of the output rows run over 1..19 and 24..40 so every branch of the chunked
+The widths of the output rows run over 1..19, 24, 31, 32, 33 and 40 so every branch of the chunked
 row copy is taken: runs of 1–3, 4–7 (two overlapping chunks of 4), 8, and 9 or more
 (chunks of 8, the last one overlapping), inside the image and cut by the padding.
 """
@@ -86,12 +86,29 @@ def test_lenet_shapes_match_reference():
     _check((8, 20, 12, 12), 5, 0, 1, 1, np.float32)
 
 
-def test_wrong_col_shape_is_an_error():
+@pytest.mark.parametrize("col_shape", [(27, 31), (26, 32), (28, 32)])   # columns, then rows off by one
+def test_wrong_col_shape_is_an_error(col_shape):
     x = np.zeros((2, 3, 6, 6), np.float32)
     with pytest.raises(ValueError, match="col has shape"):
-        im2col(x, np.zeros((27, 31), np.float32), 3, 3, 0, 1, 1, 4, 4)
+        im2col(x, np.zeros(col_shape, np.float32), 3, 3, 0, 1, 1, 4, 4)
     with pytest.raises(ValueError, match="col has shape"):
-        col2im(np.zeros((27, 31), np.float32), x, 3, 3, 0, 1, 1, 4, 4)
+        col2im(np.zeros(col_shape, np.float32), x, 3, 3, 0, 1, 1, 4, 4)
+
+
+@pytest.mark.parametrize("k, pad, stride, dilation, oh, ow, match", [
+    (3, 0, 0, 1, 4, 4, "bad geometry"), (3, 0, -1, 1, 4, 4, "bad geometry"), (0, 0, 1, 1, 7, 7, "bad geometry"),
+    (3, -1, 1, 1, 2, 2, "bad geometry"), (3, 0, 1, 0, 4, 4, "bad geometry"),
+    (3, 0, 1, 1, 5, 4, "does not follow"), (3, 1, 1, 1, 4, 4, "does not follow"),
+])
+def test_bad_geometry_is_an_error_not_a_crash(k, pad, stride, dilation, oh, ow, match):
+    x = np.zeros((2, 3, 6, 6), np.float32)
+    col = np.zeros((3 * max(k, 1) ** 2, 2 * max(oh, 0) * max(ow, 0)), np.float32)
+    with pytest.raises(ValueError, match=match):
+        im2col(x, col, k, k, pad, stride, dilation, oh, ow)
+    with pytest.raises(ValueError, match=match):
+        col2im(col, x, k, k, pad, stride, dilation, oh, ow)
+    with pytest.raises(TypeError):
+        im2col(None, col, 3, 3, 0, 1, 1, 4, 4)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -110,7 +127,11 @@ def test_gemm_to_nchw_matches_numpy(N, K, P, dtype):
 
 def test_gemm_to_nchw_shape_errors():
     y = np.zeros((2, 3, 4), np.float32)
-    with pytest.raises(ValueError, match="out2d has shape"):
-        gemm_to_nchw(np.zeros((3, 9), np.float32), None, y)
-    with pytest.raises(ValueError, match="bias has 2 elements"):
-        gemm_to_nchw(np.zeros((3, 8), np.float32), np.zeros(2, np.float32), y)
+    for rows, cols in ((3, 9), (2, 8), (4, 8)):
+        with pytest.raises(ValueError, match="out2d has shape"):
+            gemm_to_nchw(np.zeros((rows, cols), np.float32), None, y)
+    for n in (2, 4):
+        with pytest.raises(ValueError, match=f"bias has {n} elements"):
+            gemm_to_nchw(np.zeros((3, 8), np.float32), np.zeros(n, np.float32), y)
+    with pytest.raises(TypeError):
+        gemm_to_nchw(np.zeros((3, 8), np.float32), None, None)

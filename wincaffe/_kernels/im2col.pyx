@@ -43,6 +43,19 @@ cdef inline Py_ssize_t _hi(Py_ssize_t x0, Py_ssize_t stride, Py_ssize_t W, Py_ss
     return b if b < ow else ow
 
 
+def _check_geometry(Py_ssize_t H, Py_ssize_t W, int kh, int kw, int pad, int stride, int dilation,
+                    int oh, int ow):
+    """The kernels index with these numbers unchecked: reject any that do not describe a
+    convolution of an (H, W) plane (a zero stride would divide by zero)."""
+    if kh < 1 or kw < 1 or stride < 1 or dilation < 1 or pad < 0:
+        raise ValueError(f"bad geometry: kernel {kh}x{kw}, stride {stride}, dilation {dilation}, pad {pad}")
+    eh = (H + 2 * pad - dilation * (kh - 1) - 1) // stride + 1
+    ew = (W + 2 * pad - dilation * (kw - 1) - 1) // stride + 1
+    if (oh, ow) != (max(eh, 0), max(ew, 0)):
+        raise ValueError(f"output {oh}x{ow} does not follow from a {H}x{W} input "
+                         f"(kernel {kh}x{kw}, pad {pad}, stride {stride}, dilation {dilation}: {eh}x{ew})")
+
+
 cdef inline void _copy_run(real* dst, const real* src, Py_ssize_t n) noexcept nogil:
     """dst[0:n] = src[0:n] (the arrays do not overlap). Runs of 4 or more are moved as
     chunks of 8 (or 4) of constant size; the last chunk may overlap the one before it,
@@ -91,12 +104,13 @@ cdef inline void _gather_block(real* dst, const real* plane, Py_ssize_t W, Py_ss
         memset(dst + yhi * ow, 0, (oh - yhi) * ow * sizeof(real))
 
 
-def im2col(const real[:, :, :, ::1] x, real[:, ::1] col, int kh, int kw,
+def im2col(const real[:, :, :, ::1] x not None, real[:, ::1] col not None, int kh, int kw,
            int pad, int stride, int dilation, int oh, int ow):
     """x (N, C, H, W) -> col (C*kh*kw, N*oh*ow)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t rows = C * kh * kw, P = oh * ow
     cdef Py_ssize_t r, c, i, j, n, x0, y0, lo, hi, ylo, yhi
+    _check_geometry(H, W, kh, kw, pad, stride, dilation, oh, ow)
     if col.shape[0] != rows or col.shape[1] != N * P:
         raise ValueError(f"col has shape {(col.shape[0], col.shape[1])}, expected ({rows}, {N * P})")
     if N == 0 or rows == 0 or P == 0:
@@ -116,7 +130,7 @@ def im2col(const real[:, :, :, ::1] x, real[:, ::1] col, int kh, int kw,
                 _gather_block(&col[r, n * P], &x[n, c, 0, 0], W, oh, ow, y0, x0, stride, ylo, yhi, lo, hi)
 
 
-def col2im(const real[:, ::1] col, real[:, :, :, ::1] dx, int kh, int kw,
+def col2im(const real[:, ::1] col not None, real[:, :, :, ::1] dx not None, int kh, int kw,
            int pad, int stride, int dilation, int oh, int ow):
     """The adjoint of im2col: dx (N, C, H, W) = scatter-add of col (C*kh*kw, N*oh*ow).
     ``dx`` is overwritten."""
@@ -125,6 +139,7 @@ def col2im(const real[:, ::1] col, real[:, :, :, ::1] dx, int kh, int kw,
     cdef Py_ssize_t r, c, i, j, n, yy, xx, iy, x0, lo, hi
     cdef const real* src
     cdef real* dst
+    _check_geometry(H, W, kh, kw, pad, stride, dilation, oh, ow)
     if col.shape[0] != C * kh * kw or col.shape[1] != N * P:
         raise ValueError(f"col has shape {(col.shape[0], col.shape[1])}, expected ({C * kh * kw}, {N * P})")
     with nogil:
@@ -152,7 +167,7 @@ def col2im(const real[:, ::1] col, real[:, :, :, ::1] dx, int kh, int kw,
                                     dst[x0 + xx * stride] += src[xx]
 
 
-def gemm_to_nchw(const real[:, ::1] out2d, const real[::1] bias, real[:, :, ::1] y):
+def gemm_to_nchw(const real[:, ::1] out2d not None, const real[::1] bias, real[:, :, ::1] y not None):
     """y[n, k, p] = out2d[k, n*P + p] + bias[k]: the convolution GEMM's (K, N*P) layout to
     (N, K, P), with the bias (``None``: none) added in the same pass. One addition per
     element, as NumPy's broadcast add does."""
