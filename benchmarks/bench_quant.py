@@ -7,7 +7,8 @@ QW times (an i7-7700, plain C) beside ours.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_quant.py --threads 1
 
-``--path`` forces a kernel path (avx512_vnni, avx2, baseline); ``--json`` prints one JSON
+``--path`` forces a kernel path (avx512_vnni, avx2, baseline); ``--isa avx2`` restricts
+every library to AVX2 (an emulated AVX2-only CPU, benchmarks/isa.py); ``--json`` prints one JSON
 object per measurement (channels, variant: qw, bqw, bqw_fused, float32, torch_int8, or
 stage_float32 / stage_int8 for the element-wise stage alone; mode, ms, path).
 """
@@ -15,6 +16,9 @@ import argparse
 import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # also under python -m benchmarks.…
+import isa  # noqa: E402  (benchmarks/, beside this script; standard library only)
 
 # Table A.2 (one thread, i7-7700): static QW / BQW / BQW fused, dynamic QW / BQW, ms
 PUBLISHED = {8: (34, 35, 34, 41, 43), 16: (71, 75, 71, 83, 87), 32: (163, 169, 163, 182, 190),
@@ -30,11 +34,13 @@ def _parse():
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--path", help="force the quantized kernel path")
     ap.add_argument("--json", action="store_true")
+    isa.add_argument(ap)
     return ap.parse_args()
 
 
 ARGS = _parse() if __name__ == "__main__" else None
 if ARGS is not None:   # before NumPy binds OpenBLAS / OpenMP
+    isa.apply(ARGS.isa)                            # re-executes restricted to AVX2 if asked
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
     if ARGS.path:
@@ -100,6 +106,7 @@ def main(a):
     rows = []
     if not a.json:
         print(describe())
+        print(isa.describe())
         print(f"Quantized WinogradConv F(4,3), 8 bits, 1x C x {a.size}x{a.size}, 3x3 pad 1, K = C; forward ms, "
               f"best of {a.repeat}; {a.threads} thread(s); integer kernel path: {path} "
               f"(available: {', '.join(qk.available_paths())})")

@@ -14,7 +14,8 @@ re-executes itself, because each library reads its variable once, at load time:
     MKL_ENABLE_INSTRUCTIONS   MKL (PyTorch's matrix products, e.g. its Linear layers): AVX2
 
 What this does not emulate: the caches, memory and clock stay those of the AVX-512
-machine, and FFTW (the FFT layers) picks its codelets itself. The figures are an
+machine; FFTW (the FFT layers) picks its codelets itself, and so does PyTorch's fbgemm
+(its int8 convolutions, in bench_quant.py), which reads no such variable. The figures are an
 estimate of an AVX2-only CPU of this generation, not a measurement on one.
 Standard library only: it runs before NumPy is imported.
 """
@@ -67,4 +68,4 @@ def describe():
         have = os.environ.get(key)
         state.append(f"{key}={have}" if have is not None and want in have else f"{key} NOT SET (wanted {want})")
     return ("ISA: restricted to AVX2 on this CPU, whose own SIMD level is printed above ("
-            + ", ".join(state) + "); caches and clock are this machine's, FFTW not restricted")
+            + ", ".join(state) + "); caches and clock are this machine's; FFTW and PyTorch's fbgemm not restricted")
