@@ -257,7 +257,9 @@ class WinogradConv(Layer):
         return self.sparse.describe()
 
     def _winograd_pattern(self):
-        """The transform-domain mask as a (α², K, C) bool pattern (the layout of U), or None."""
+        """The transform-domain mask as a (α², K, C) bool pattern (the layout of U), or None.
+        It is a net workspace, which the next layer of the same shape overwrites: use it
+        within this forward (SparseProducts keeps its own copy)."""
         if self.weights_mode == "spatial_masked":
             mask = self.buffers["winograd_mask"]
         elif self.weights_mode == "winograd" and self.params[0].mask is not None:

@@ -4,8 +4,8 @@ than NumPy's own iterator buffers (8,192 elements per operand of a broadcast or
 casting ufunc: 32 KiB each in float32, 67 kB at most seen here). Workspaces, FFT
 plans and spectra are made once and reused; a regression that allocates a temporary
 of more than 80 kB per iteration (any blob of these nets but the smallest) fails
-here, naming the layer. The sparse path of a pruned WinogradConv (retrained, so its CSR
-values are refilled every iteration) is checked the same way.
+here, naming the layer. The sparse paths of pruned WinogradConv and FFTConv layers
+(retrained, so their CSR values are refilled every iteration) are checked the same way.
 """
 import os
 import tracemalloc

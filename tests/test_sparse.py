@@ -74,9 +74,11 @@ def test_same_bytes():
     from wincaffe._kernels.same_bytes import same_bytes
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     assert same_bytes(a, a.copy()) and same_bytes(np.zeros(0), np.zeros(0))
-    b = a.copy()
-    b[2, 3] += 1
-    assert not same_bytes(a, b)
+    raw = a.view(np.uint8).reshape(-1)
+    for i in range(raw.size):                     # a one-bit difference in any byte
+        b = a.copy()
+        b.view(np.uint8).reshape(-1)[i] ^= 1
+        assert not same_bytes(a, b), i
     assert not same_bytes(a, a.reshape(4, 3)) and not same_bytes(a, a.astype(np.float64))
     n = np.full(3, np.nan)
     assert same_bytes(n, n.copy()) and not np.array_equal(n, n.copy())   # "unchanged" holds for NaN
@@ -177,6 +179,41 @@ def test_layout_is_rebuilt_when_the_mask_changes_refilled_when_the_weights_do_an
     np.testing.assert_allclose(tops[0].data, rtops[0].data, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("weights", ["spatial_masked", "winograd"])
+def test_re_pruning_between_passes_keeps_the_sparse_path_equal_to_the_dense_one(weights):
+    """Forward and backward, prune again to more or fewer nonzeros, forward and backward:
+    the kept backward buffers follow the new layout (0.4 -> 0.2 -> 0.6 -> 0.2)."""
+    shape, K = (2, 5, 9, 11), 6
+    layers = [wconv(shape, K, weights=weights, sparse=sparse, dtype=np.float64) for sparse in ("on", "off")]
+    g = np.random.default_rng(4).standard_normal(layers[0][2][0].shape)
+    for step, density in enumerate((0.4, 0.2, 0.6, 0.2)):
+        mask = _mask(layers[0][0], density, 10 + step)
+        outs = []
+        for layer, bottoms, tops in layers:
+            layer.set_mask("winograd", mask)
+            y, dx, dp = _run(layer, bottoms, tops, g)
+            if weights == "winograd":
+                dp[0] *= mask
+            outs.append((y, dx, dp))
+        assert layers[0][0].execution().startswith("sparse")
+        (y1, dx1, dp1), (y0, dx0, dp0) = outs
+        np.testing.assert_allclose(y1, y0, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(dx1, dx0, rtol=1e-10, atol=1e-10)
+        for a, b in zip(dp1, dp0):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    assert layers[0][0].sparse.builds == 4
+
+
+def test_refill_refuses_an_array_of_another_shape():
+    S = np.arange(24.0).reshape(2, 3, 4)
+    csr = sk.CSR(S)
+    for bad in (S[:, :2], S.transpose(0, 2, 1), S.reshape(2, 4, 3)):
+        with pytest.raises(ValueError, match="this CSR was made from"):
+            csr.refill(bad)
+        with pytest.raises(ValueError, match="this CSR was made from"):
+            csr.transposed(S).refill(bad)          # a transposed CSR refills from S, not Sᵀ
+
+
 def test_auto_picks_dense_above_the_break_even_and_without_a_mask():
     layer, bottoms, tops = wconv((1, 4, 8, 8), 4, weights="winograd", sparse="auto")
     layer.forward(bottoms, tops)
@@ -245,6 +282,8 @@ def test_fft_sparse_forward_equals_the_dense_forward(weights, dtype, density):
         _prune_spectral(layer, 1 - density)
         layer.forward(bottoms, tops)
         assert layer.execution().startswith("sparse" if sparse == "on" else "dense")
+        if sparse == "on":    # [Re G, Im G]: each kept frequency of each (k, c) twice, no more
+            assert layer.sparse._csr.nnz == 2 * np.count_nonzero(layer._Mfm)
         outs.append(tops[0].data.copy())
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(outs[0], outs[1], **tol)

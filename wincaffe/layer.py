@@ -92,7 +92,8 @@ class Param:
     weights (the gradient note, eq. 18). See :mod:`wincaffe.solver` for the order.
     """
 
-    __slots__ = ("name", "data", "diff", "mask", "preconditioner", "lr_mult", "decay_mult", "_masked_diff")
+    __slots__ = ("name", "data", "diff", "mask", "preconditioner", "lr_mult", "decay_mult",
+                 "_masked_diff")
 
     def __init__(self, name, data, lr_mult=1.0, decay_mult=1.0):
         self.name = name

@@ -55,7 +55,7 @@ class SparseProducts:
         self.active = False
         self._pattern = None          # the bool pattern (P, R, Q) the CSRs were built for
         self._values = None           # the S they hold
-        self._dvals = {}              # backward's values of dS at the pattern, per dtype
+        self._dvals = None            # backward's values of dS at the pattern (nnz,)
         self._csr = self._csr_t = None
 
     @property
@@ -87,7 +87,7 @@ class SparseProducts:
             self._csr = sk.CSR(S, pattern=pattern)
             self._csr_t = self._csr.transposed(S)
             self._values = S.copy()
-            self._dvals = {}
+            self._dvals = None
             self.builds += 1
         elif not same_bytes(self._values, S):         # compared and refilled without temporaries
             self._csr.refill(S)
@@ -108,9 +108,9 @@ class SparseProducts:
         csr, csr_t = self._csr, self._csr_t
         if csr is None:
             raise RuntimeError("SparseProducts.backward needs a sparse forward first")
-        vals = self._dvals.get(dM.dtype)
-        if vals is None:                                    # one buffer per layout and dtype
-            vals = self._dvals[dM.dtype] = np.empty(csr.nnz, dM.dtype)
+        vals = self._dvals
+        if vals is None or vals.dtype != dM.dtype:          # one buffer per layout
+            vals = self._dvals = np.empty(csr.nnz, dM.dtype)
         self.kernels.sampled_dot(csr.rowptr, csr.cols, dM, X, vals)
         flat = dS.reshape(-1)
         flat[...] = 0

@@ -1,14 +1,16 @@
 # cython: language_level=3
 """``same_bytes(a, b)``: whether two C-contiguous arrays hold the same bytes, without the
-temporary of ``np.array_equal`` (a bool array of their size). Equal bytes mean equal
-values; the converse fails only for NaN payloads and ±0, where a caller that checks
-"unchanged since last time" merely redoes its work."""
+temporary of ``np.array_equal`` (a bool array of their size). Equal bytes mean identical
+contents, so a caller checking "unchanged since last time" has nothing to redo (NaN
+included, which ``==`` calls unequal). Unequal bytes can still be equal values (+0 and
+-0, or bools stored as other nonzero bytes): then the caller merely redoes its work."""
 import numpy as np
 from libc.string cimport memcmp
 
 
 def same_bytes(a, b):
-    """True if ``a`` and ``b`` have the same shape, dtype and bytes (both C-contiguous)."""
+    """True if ``a`` and ``b`` have the same shape, dtype and bytes; False if shape or dtype
+    differ; ValueError if they agree but either is not C-contiguous."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.dtype != b.dtype:
         return False

@@ -2,8 +2,10 @@
 ``avx512``, ``avx2`` or ``baseline`` builds, the best chosen at import
 (``WINCAFFE_SPARSE_PATH`` forces one), and the CSR layout they take.
 
-:func:`csr` compresses a stack of P matrices S (P, R, Q) (its nonzeros, or a given
-pattern) into one CSR of P·R rows: ``rowptr`` int64 (P·R + 1), ``cols`` int32, ``vals``.
+:class:`CSR` compresses a stack of P matrices S (P, R, Q) (its nonzeros, or a given
+pattern) into one CSR of P·R rows: ``rowptr`` int64 (P·R + 1), ``cols`` int32, ``vals``;
+``index`` gives each entry's position in S.reshape(-1), ``source`` the position
+``refill`` takes it from (the same, except for a :meth:`CSR.transposed` one).
 """
 import numpy as np
 
@@ -34,6 +36,7 @@ class CSR:
         self.cols = cols.astype(np.int32)
         self.index = flat                                          # positions in S.reshape(P·R, Q)
         self.source = flat                 # where refill() takes each value from (see transposed)
+        self.source_shape = (P, R, Q)      # the shape refill() expects
         self.vals = np.ascontiguousarray(S.reshape(P * R, Q).reshape(-1)[flat])
 
     @property
@@ -48,9 +51,12 @@ class CSR:
     def refill(self, S):
         """New values, in place, from S: the (P, R, Q) stack this CSR was made from, or for a
         :meth:`transposed` one the untransposed stack it was made from (no transposed copy)."""
+        S = np.asarray(S)
+        if S.shape != self.source_shape:
+            raise ValueError(f"refill: S has shape {S.shape}, this CSR was made from {self.source_shape}")
         # mode="clip": with the default "raise", np.take writes through a copy of ``out``
-        # (the indices are this CSR's own, always in range)
-        np.take(np.asarray(S).reshape(-1), self.source, out=self.vals, mode="clip")
+        # (the indices are this CSR's own, in range for S of source_shape)
+        np.take(S.reshape(-1), self.source, out=self.vals, mode="clip")
 
     def transposed(self, S):
         """The CSR of Sᵀ (P, Q, R) with the same pattern transposed (values from S); its
@@ -63,6 +69,7 @@ class CSR:
         p, rest = np.divmod(t.index, Q * R)
         q, r = np.divmod(rest, R)
         t.source = (p * R + r) * Q + q
+        t.source_shape = (P, R, Q)
         return t
 
     def dense(self):
