@@ -22,6 +22,8 @@ cimport openmp
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
+from wincaffe.conv_geometry import conv_output_size
+
 ctypedef fused real:
     float
     double
@@ -49,8 +51,8 @@ def _check_geometry(Py_ssize_t H, Py_ssize_t W, int kh, int kw, int pad, int str
     convolution of an (H, W) plane (a zero stride would divide by zero)."""
     if kh < 1 or kw < 1 or stride < 1 or dilation < 1 or pad < 0:
         raise ValueError(f"bad geometry: kernel {kh}x{kw}, stride {stride}, dilation {dilation}, pad {pad}")
-    eh = (H + 2 * pad - dilation * (kh - 1) - 1) // stride + 1
-    ew = (W + 2 * pad - dilation * (kw - 1) - 1) // stride + 1
+    eh = conv_output_size(H, kh, pad, stride, dilation)
+    ew = conv_output_size(W, kw, pad, stride, dilation)
     if (oh, ow) != (max(eh, 0), max(ew, 0)):
         raise ValueError(f"output {oh}x{ow} does not follow from a {H}x{W} input "
                          f"(kernel {kh}x{kw}, pad {pad}, stride {stride}, dilation {dilation}: {eh}x{ew})")
