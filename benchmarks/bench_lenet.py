@@ -153,7 +153,6 @@ def main(argv=None):
         ap.error(f"--net: a net is given twice: {' '.join(names)}")
     runners = {name: bench_wincaffe(net, args.iters) for name, net in zip(names, args.net)}
     nets = list(runners)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     torch_runner = start_torch(args.threads, args.iters)
     if torch_runner:
         runners[torch_runner[0]] = torch_runner[1]
