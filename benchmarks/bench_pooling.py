@@ -30,7 +30,9 @@ def main(argv=None):
     from wincaffe.threads import set_num_threads
     set_num_threads(args.threads)
     print(describe())
-    print(f"Pooling 2x2 stride 2, float32, {args.threads} thread(s), best of {args.repeat}; "
+    from wincaffe._kernels import pool
+    print(f"Pooling 2x2 stride 2, float32, {args.threads} thread(s), best of {args.repeat}; kernels: "
+          f"{pool.KERNELS} (of {', '.join(pool.available_paths())}); "
           f"ratio = pass / np.copyto of its input (<= 2: the bar)")
     print(f"{'case':13s} {'input':>17s} {'copyto':>8s} | {'MAX F':>7s} {'ratio':>6s} {'MAX B':>7s} {'ratio':>6s} | "
           f"{'AVE F':>7s} {'ratio':>6s} {'AVE B':>7s} {'ratio':>6s}")

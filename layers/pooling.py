@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from wincaffe._kernels.pooling import ave_pool_backward, ave_pool_forward, max_pool_backward, max_pool_forward
+from wincaffe._kernels.pool import ave_pool_backward, ave_pool_forward, max_pool_backward, max_pool_forward
 from wincaffe.conv_geometry import require_4d
 from wincaffe.layer import Layer, register
 from wincaffe.schema import Block, Field
@@ -78,6 +78,6 @@ class Pooling(Layer):
         if not propagate_down[0]:
             return
         if self.mode == "MAX":
-            max_pool_backward(tops[0].diff, self.argmax, bottoms[0].diff)
+            max_pool_backward(tops[0].diff, self.argmax, bottoms[0].diff, self.kh, self.kw, self.sh, self.sw, self.pad)
         else:
             ave_pool_backward(tops[0].diff, bottoms[0].diff, self.kh, self.kw, self.sh, self.sw, self.pad)

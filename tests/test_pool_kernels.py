@@ -1,0 +1,132 @@
+"""The pooling kernel builds (wincaffe._kernels.pool): every build this machine can run,
+forced one by one, against Caffe's loops and against each other, bit for bit.
+
+The AVX2 build runs float32 2x2 windows at stride 2 tiling planes of a width W % 8 == 0
+(LeNet's pool1 and pool2) as shuffles over eight windows; other cases share the scalar
+code. The shapes below cover both: widths 8, 16, 24, 40 (vector path, odd and even
+numbers of four-window chunks, chunks crossing row pairs and planes), 9 and 12 (not).
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from test_layers import caffe_pool_reference  # Caffe's pooling loops
+from wincaffe._kernels import pool
+
+PATHS = pool.available_paths()
+
+
+def _data(rng, shape, kind):
+    if kind == "ties":                                       # many ties, NaN and signed zeros
+        x = rng.integers(-2, 3, size=shape).astype(np.float32)
+        x.flat[rng.choice(x.size, max(1, x.size // 9), replace=False)] = np.nan
+        x.flat[rng.choice(x.size, max(1, x.size // 9), replace=False)] = -0.0
+        return x
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _run(k, x, pool_mode, window, dy):
+    """One path's forward and backward: (y, argmax or None, dx)."""
+    kk, s, pad = window
+    N, C, H, W = x.shape
+    from layers.pooling import pool_output_size
+    oh, ow = pool_output_size(H, kk, pad, s), pool_output_size(W, kk, pad, s)
+    y = np.full((N, C, oh, ow), 7, np.float32)               # garbage: every entry must be written
+    dx = np.full(x.shape, 9, np.float32)
+    if pool_mode == "MAX":
+        arg = np.full((N, C, oh, ow), -5, np.int32)
+        k.max_pool_forward(x, y, arg, kk, kk, s, s, pad)
+        k.max_pool_backward(dy, arg, dx, kk, kk, s, s, pad)
+        return y, arg, dx
+    k.ave_pool_forward(x, y, kk, kk, s, s, pad)
+    k.ave_pool_backward(dy, dx, kk, kk, s, s, pad)
+    return y, None, dx
+
+
+def _caffe_backward(g, arg, pool_mode, window, shape):
+    kk, s, pad = window
+    H, W = shape[2:]
+    expect = np.zeros(shape, np.float32)
+    if pool_mode == "MAX":
+        for n, c, q in np.ndindex(shape[0], shape[1], g[0, 0].size):
+            expect[n, c].flat[arg[n, c].flat[q]] += g[n, c].flat[q]
+    else:
+        for n, c, py, px in np.ndindex(*g.shape):
+            hs, ws = py * s - pad, px * s - pad
+            he, we = min(hs + kk, H + pad), min(ws + kk, W + pad)
+            share = np.float32(g[n, c, py, px] / np.float32((he - hs) * (we - ws)))
+            expect[n, c, max(hs, 0):min(he, H), max(ws, 0):min(we, W)] += share
+    return expect
+
+
+def test_the_best_build_is_chosen_and_builds_can_be_forced():
+    assert PATHS[-1] == "baseline" and pool.KERNELS == PATHS[0]
+    for path in PATHS:
+        assert pool.kernels(path).SIMD == path
+    with pytest.raises(ValueError, match="unknown kernel path"):
+        pool.kernels("avx9000")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("pool_mode", ["MAX", "AVE"])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 4, 16), (2, 1, 6, 24), (1, 3, 2, 40),
+                                   (3, 1, 2, 8), (2, 2, 8, 12), (1, 2, 6, 9)])
+@pytest.mark.parametrize("window", [(2, 2, 0), (3, 2, 0), (3, 2, 1)])
+@pytest.mark.parametrize("kind", ["ties", "normal"])
+def test_each_build_equals_caffe_loops_bit_for_bit(path, pool_mode, shape, window, kind):
+    """Forward (values, argmax, signs of zeros, NaN where Caffe keeps it) and backward
+    (0 + dy at the winners, dy / size over AVE windows) exactly as Caffe's loops; a 3x3
+    window at stride 2 gives the same output size as 2x2 on these planes, so the backward
+    must not take the tiled path from the shapes alone."""
+    rng = np.random.default_rng(hash((shape, window, kind)) % 2**32)
+    x = _data(rng, shape, kind)
+    y_ref, arg_ref = caffe_pool_reference(x, pool_mode, *window)
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dy.flat[::4] = -0.0
+    y, arg, dx = _run(pool.kernels(path), x, pool_mode, window, dy)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(y_ref))
+    if pool_mode == "MAX":
+        np.testing.assert_array_equal(arg, arg_ref)
+    expect = _caffe_backward(dy, arg_ref, pool_mode, window, shape)
+    np.testing.assert_array_equal(dx, expect)
+    np.testing.assert_array_equal(np.signbit(dx), np.signbit(expect))
+
+
+@pytest.mark.parametrize("pool_mode", ["MAX", "AVE"])
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 4), half_h=st.integers(1, 5), w8=st.integers(1, 4),
+       seed=st.integers(0, 2**31 - 1), ties=st.booleans())
+def test_builds_give_the_same_bits_on_random_tiled_planes(pool_mode, N, C, half_h, w8, seed, ties):
+    rng = np.random.default_rng(seed)
+    shape = (N, C, 2 * half_h, 8 * w8)
+    x = _data(rng, shape, "ties" if ties else "normal")
+    dy = rng.standard_normal((N, C, half_h, 4 * w8)).astype(np.float32)
+    runs = [_run(pool.kernels(path), x, pool_mode, (2, 2, 0), dy) for path in PATHS]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            if a is not None:
+                assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_large_tiled_input_is_the_same_on_one_and_two_threads(path):
+    """Above the one-thread limit (2^18 elements) the chunks are split among the threads."""
+    from wincaffe._kernels.threads import get_omp_threads, set_omp_threads
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 20, 24, 96)).astype(np.float32)
+    dy = rng.standard_normal((8, 20, 12, 48)).astype(np.float32)
+    before = get_omp_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            set_omp_threads(threads)
+            out.append([_run(pool.kernels(path), x, mode, (2, 2, 0), dy) for mode in ("MAX", "AVE")])
+    finally:
+        set_omp_threads(before)
+    for a, b in zip(out[0], out[1]):
+        for u, v in zip(a, b):
+            if u is not None:
+                np.testing.assert_array_equal(u, v)
+    full = x.reshape(8, 20, 12, 2, 48, 2).max(axis=(3, 5))
+    np.testing.assert_array_equal(out[0][0][0], full)
