@@ -1,6 +1,6 @@
 """WinogradConv speed against im2col convolution, all ratios measured in the same run.
 
-    python benchmarks/bench_winograd.py [--threads 2] [--repeat 10] [--quick] [--channels 64 128]
+    python benchmarks/bench_winograd.py [--threads 2] [--repeat 10] [--rounds 3] [--quick] [--channels 64 128]
                                         [--isa avx2]   # as on an AVX2-only CPU (isa.py)
 
 Rows: (a) LeNet conv2 at batch 64 (64×20×12×12 input, 50 kernels 5×5, pad 0)
@@ -36,6 +36,8 @@ def _parse():
                     "(default: leave the environment alone)")
     ap.add_argument("--blas-threads", type=int, default=None, help="BLAS threads, if not --threads")
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over all columns of a row; "
+                    "each figure is its best over the rounds")
     ap.add_argument("--quick", action="store_true", help="C = K ∈ {16, 64} only")
     ap.add_argument("--channels", type=int, nargs="+", default=None)
     ap.add_argument("--tiles", type=int, nargs="+", default=[2, 4, 6])
@@ -121,7 +123,7 @@ def make_conv(shape, K, r, pad, x, w, b):
     return ref.forward, fb, "im2col"
 
 
-def bench_row(label, shape, K, r, pad, tile, repeat):
+def bench_row(label, shape, K, r, pad, tile, repeat, rounds):
     layer, bottoms, tops = make_layer("WinogradConv", [shape], dtype=np.float32, seed=0,
                                       convolution_param={"num_output": K, "kernel_size": r, "pad": pad},
                                       winograd_param={"tile": tile})
@@ -131,22 +133,28 @@ def bench_row(label, shape, K, r, pad, tile, repeat):
     def wfb():
         layer.forward(bottoms, tops)
         layer.backward(tops, [True], bottoms)
-    wf = best_ms(lambda: layer.forward(bottoms, tops), repeat)
-    wb = best_ms(wfb, repeat)
-    # the GEMM stage alone
     a = layer.alpha
     U = layer._compute_U()
     M = np.empty((a * a, K, layer.NT), np.float32)
-    tg = best_ms(lambda: batched_matmul(U, layer.V, M), repeat)   # as the layer does it
-    gflops = 2.0 * a * a * K * shape[1] * layer.NT / (tg * 1e-3) / 1e9
     cf_fn, cfb_fn, cname = make_conv(shape, K, r, pad, x, w, b)
-    cf, cfb = best_ms(cf_fn, repeat), best_ms(cfb_fn, repeat)
+    # every figure is the best over `rounds` rounds, each round timing all of them in turn
+    # (best of `repeat` runs each), so that a slow spell of the shared machine falls on
+    # every column alike instead of on one
+    best = {}
+    for _ in range(rounds):
+        t = {"wf": best_ms(lambda: layer.forward(bottoms, tops), repeat), "wb": best_ms(wfb, repeat),
+             "tg": best_ms(lambda: batched_matmul(U, layer.V, M), repeat),   # the GEMM stage alone
+             "cf": best_ms(cf_fn, repeat), "cfb": best_ms(cfb_fn, repeat)}
+        tt = torch_reference.conv2d_times(x, w, b, pad, True, repeat, get_omp_threads())
+        if tt is not None:
+            t["tf"], t["tfb"] = tt
+        best = {k: min(v, best.get(k, v)) for k, v in t.items()}
+    wf, wb, tg, cf, cfb = best["wf"], best["wb"], best["tg"], best["cf"], best["cfb"]
+    gflops = 2.0 * a * a * K * shape[1] * layer.NT / (tg * 1e-3) / 1e9
     row = (f"{label:<26} F({tile},{r})  {wf:8.2f} {wb:8.2f} | {cf:8.2f} {cfb:8.2f} | "
            f"{cf / wf:5.2f}x {cfb / wb:5.2f}x | {tg:7.2f} {gflops:6.1f} {100 * (1 - tg / wf):5.0f}%")
-    t = torch_reference.conv2d_times(x, w, b, pad, True, repeat, get_omp_threads())
-    if t is not None:
-        tf, tfb = t
-        row += f" | {tf:8.2f} {tfb:8.2f} {tf / wf:5.2f}x"
+    if "tf" in best:
+        row += f" | {best['tf']:8.2f} {best['tfb']:8.2f} {best['tf'] / wf:5.2f}x"
     print(row, flush=True)
     return cname
 
@@ -163,7 +171,7 @@ def main(a):
     from wincaffe.machine import describe
     print(describe())
     print(isa.describe())
-    print(f"WinogradConv benchmark, float32, best of {a.repeat}; threads: {pools}, OpenMP {get_omp_threads()}; "
+    print(f"WinogradConv benchmark, float32, best of {a.repeat} runs x {a.rounds} rounds; threads: {pools}, OpenMP {get_omp_threads()}; "
           f"cpus: {os.cpu_count()}; kernels: {KERNELS}; batched GEMMs: {GEMM_BACKEND}")
     has_torch = torch_reference.available()     # timed in a process of its own
     cname = "conv" if "Convolution" in layer_types() else "im2col"
@@ -173,11 +181,11 @@ def main(a):
         head += f" | {'torch F':>8} {'F+B':>8} {'t/w F':>6}"
     print(head)
     for tile in [t for t in (2, 4) if t in a.tiles]:
-        bench_row("LeNet conv2 64x20x12x12", (64, 20, 12, 12), 50, 5, 0, tile, a.repeat)
+        bench_row("LeNet conv2 64x20x12x12", (64, 20, 12, 12), 50, 5, 0, tile, a.repeat, a.rounds)
     chans = a.channels or ([16, 64] if a.quick else [8, 16, 32, 64, 128, 256])
     for c in chans:
         for tile in a.tiles:
-            bench_row(f"3x3 pad1 1x{c}x128x128 K={c}", (1, c, 128, 128), c, 3, 1, tile, a.repeat)
+            bench_row(f"3x3 pad1 1x{c}x128x128 K={c}", (1, c, 128, 128), c, 3, 1, tile, a.repeat, a.rounds)
 
 
 if __name__ == "__main__":

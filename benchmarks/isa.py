@@ -9,6 +9,7 @@ re-executes itself, because each library reads its variable once, at load time:
     OPENBLAS_CORETYPE         OpenBLAS's Haswell (AVX2) kernels instead of SkylakeX
     WINCAFFE_SPARSE_PATH      wincaffe's sparse products: the AVX2 build
     WINCAFFE_QUANT_PATH       wincaffe's integer Winograd products: the AVX2 build
+    WINCAFFE_POOL_PATH        wincaffe's pooling: the AVX2 build (already its widest)
     ATEN_CPU_CAPABILITY       PyTorch's ATen kernels: AVX2
     ONEDNN_MAX_CPU_ISA        PyTorch's oneDNN convolutions: AVX2
     MKL_ENABLE_INSTRUCTIONS   MKL (PyTorch's matrix products, e.g. its Linear layers): AVX2
@@ -28,6 +29,7 @@ AVX2_ENV = {
     "OPENBLAS_CORETYPE": "Haswell",
     "WINCAFFE_SPARSE_PATH": "avx2",
     "WINCAFFE_QUANT_PATH": "avx2",
+    "WINCAFFE_POOL_PATH": "avx2",
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
