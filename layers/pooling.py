@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from wincaffe._kernels.pool import ave_pool_backward, ave_pool_forward, max_pool_backward, max_pool_forward
+from wincaffe._kernels.pool import (KERNELS, ave_pool_backward, ave_pool_forward, max_pool_backward,
+                                   max_pool_forward, vectorised)
 from wincaffe.conv_geometry import require_4d
 from wincaffe.layer import Layer, register
 from wincaffe.schema import Block, Field
@@ -58,8 +59,17 @@ class Pooling(Layer):
         oh = pool_output_size(H, self.kh, self.pad, self.sh)
         ow = pool_output_size(W, self.kw, self.pad, self.sw)
         tops[0].reshape((N, C, oh, ow), self.dtype)
+        self._vectorised = vectorised(self.dtype == np.float32, H, W, oh, ow, self.kh, self.kw,
+                                      self.sh, self.sw, self.pad)
         if self.mode == "MAX" and getattr(self, "argmax", np.empty(0)).shape != (N, C, oh, ow):
             self.argmax = np.empty((N, C, oh, ow), np.int32)
+
+    def execution(self):
+        """``avx2 x8`` when the kernels pool eight windows per step (float32 2×2 windows at
+        stride 2 tiling planes of a width W % 8 == 0, on the AVX2 build), else ``scalar``."""
+        if not hasattr(self, "_vectorised"):
+            return None
+        return f"{KERNELS} x8" if self._vectorised else "scalar"
 
     def memory_traffic(self, bottoms, tops, propagate_down):
         """Forward reads x and writes y (MAX: and the argmax, int32 of y's shape); backward

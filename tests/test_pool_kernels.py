@@ -130,3 +130,15 @@ def test_large_tiled_input_is_the_same_on_one_and_two_threads(path):
                 np.testing.assert_array_equal(u, v)
     full = x.reshape(8, 20, 12, 2, 48, 2).max(axis=(3, 5))
     np.testing.assert_array_equal(out[0][0][0], full)
+
+
+@pytest.mark.parametrize("shape,window,dtype,expect", [
+    ((2, 3, 8, 8), 2, np.float32, True), ((2, 3, 24, 24), 2, np.float32, True),
+    ((2, 3, 12, 12), 2, np.float32, False), ((2, 3, 8, 8), 2, np.float64, False),
+    ((2, 3, 9, 8), 2, np.float32, False), ((2, 3, 8, 8), 3, np.float32, False)])
+def test_the_layer_reports_whether_its_windows_run_eight_at_a_time(shape, window, dtype, expect):
+    from wincaffe.testing import make_layer
+    layer, bottoms, tops = make_layer("Pooling", [shape], dtype=dtype,
+                                      pooling_param={"pool": "MAX", "kernel_size": window, "stride": 2})
+    vector = expect and "avx2" in PATHS
+    assert layer.execution() == (f"{pool.KERNELS} x8" if vector else "scalar")

@@ -8,6 +8,7 @@ W % 8 == 0) eight windows at a time; every result is the same, bit for bit.
     max_pool_backward(dy, argmax, dx, kh, kw, sh, sw, pad)
     ave_pool_forward(x, y, kh, kw, sh, sw, pad)
     ave_pool_backward(dy, dx, kh, kw, sh, sw, pad)
+    vectorised(float32, H, W, oh, ow, kh, kw, sh, sw, pad)   whether the windows run eight at a time
 """
 from wincaffe._kernels.dispatch import Family
 
@@ -25,6 +26,7 @@ max_pool_forward = _mod.max_pool_forward
 max_pool_backward = _mod.max_pool_backward
 ave_pool_forward = _mod.ave_pool_forward
 ave_pool_backward = _mod.ave_pool_backward
+vectorised = _mod.vectorised
 
 __all__ = ["PATHS", "available_paths", "kernels", "KERNELS", "max_pool_forward",
-           "max_pool_backward", "ave_pool_forward", "ave_pool_backward"]
+           "max_pool_backward", "ave_pool_forward", "ave_pool_backward", "vectorised"]

@@ -185,6 +185,13 @@ cdef inline bint _tiled2x2(Py_ssize_t H, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t
             and H == 2 * oh and W == 2 * ow and W % 8 == 0 and oh > 0)
 
 
+def vectorised(bint float32, Py_ssize_t H, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow, int kh, int kw,
+               int sh, int sw, int pad):
+    """Whether this build pools (H, W) planes into (oh, ow) with these windows eight at a time
+    (else the scalar loops run); ``float32``: the dtype is float32."""
+    return bool(float32 and _tiled2x2(H, W, oh, ow, kh, kw, sh, sw, pad))
+
+
 cdef void _run_tiled(int what, const float* a, float* b, int* arg, Py_ssize_t planes, Py_ssize_t H,
                      Py_ssize_t W) noexcept nogil:
     # every chunk of the planes, TILED_BLOCK chunks per parallel work item
