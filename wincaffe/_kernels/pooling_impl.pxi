@@ -185,6 +185,13 @@ cdef inline bint _tiled2x2(Py_ssize_t H, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t
             and H == 2 * oh and W == 2 * ow and W % 8 == 0 and oh > 0)
 
 
+cdef inline void _check_plane(Py_ssize_t H, Py_ssize_t W) except *:
+    # MAX's argmax is a flat int32 index into one plane
+    if H * W > 2147483647:
+        raise ValueError(f"max pooling: a {H}x{W} plane has more than 2^31 - 1 elements, "
+                         f"which the int32 argmax cannot index")
+
+
 def vectorised(bint float32, Py_ssize_t H, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow, int kh, int kw,
                int sh, int sw, int pad):
     """Whether this build pools (H, W) planes into (oh, ow) with these windows eight at a time
@@ -242,6 +249,7 @@ def max_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int[:, :,
     cdef int* arg
     cdef Py_ssize_t full
     cdef bint fast2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and pad == 0
+    _check_plane(H, W)
     if real is float:
         if N * C > 0 and _tiled2x2(H, W, oh, ow, kh, kw, sh, sw, pad):
             with nogil:
@@ -309,13 +317,15 @@ def max_pool_backward(const real[:, :, :, ::1] dy, const int[:, :, :, ::1] argma
     """dx (overwritten) = scatter of dy to the winners recorded in argmax: a memset and one
     add per output. Given the forward's window (kh, kw, sh, sw, pad) and 2x2 windows tiling
     the planes, each input is written once instead (0 + dy at the winner, 0 elsewhere: the
-    same values)."""
+    same values). The window must be the forward's: a winner outside the given window gets
+    no gradient on that path."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t oh = dy.shape[2], ow = dy.shape[3]
     cdef Py_ssize_t p, n, c, q
     cdef real* plane
     cdef const real* g
     cdef const int* arg
+    _check_plane(H, W)
     if real is float:
         if N * C > 0 and _tiled2x2(H, W, oh, ow, kh, kw, sh, sw, pad):
             with nogil:
