@@ -243,6 +243,25 @@ def caffe_pool_reference(x, pool, k, s, pad):
     return y, arg
 
 
+def caffe_pool_backward_reference(g, arg, pool, k, s, pad, shape):
+    """Caffe's pooling backward as its loops, into a zeroed dx of ``shape``: MAX adds each
+    dy to its window's winner (``arg``, flat indices); AVE adds dy / size to the window's
+    (clipped) inputs, size counted as in the forward."""
+    dtype = g.dtype.type
+    expect = np.zeros(shape, g.dtype)
+    if pool == "MAX":
+        for n, c, q in np.ndindex(shape[0], shape[1], g[0, 0].size):
+            expect[n, c].flat[arg[n, c].flat[q]] += g[n, c].flat[q]
+        return expect
+    H, W = shape[2:]
+    for n, c, py, px in np.ndindex(*g.shape):
+        hs, ws = py * s - pad, px * s - pad
+        he, we = min(hs + k, H + pad), min(ws + k, W + pad)
+        share = dtype(g[n, c, py, px] / ((he - hs) * (we - ws)))
+        expect[n, c, max(hs, 0):min(he, H), max(ws, 0):min(we, W)] += share
+    return expect
+
+
 @pytest.mark.parametrize("pool", ["MAX", "AVE"])
 @pytest.mark.parametrize("shape,k,s,pad", [
     ((2, 3, 8, 8), 2, 2, 0), ((2, 2, 7, 9), 2, 2, 0), ((1, 2, 9, 6), 2, 2, 0), ((2, 2, 8, 9), 2, 2, 0),
@@ -267,18 +286,9 @@ def test_pooling_equals_caffe_loops_with_ties_nan_and_signed_zeros(pool, shape, 
     g.flat[:3] = -0.0
     tops[0].diff[...] = g
     layer.backward(tops, [True], bottoms)
-    expect = np.zeros(shape, dtype)
     if pool == "MAX":
         np.testing.assert_array_equal(layer.argmax, arg)
-        for n, c, q in np.ndindex(shape[0], shape[1], g[0, 0].size):
-            expect[n, c].flat[arg[n, c].flat[q]] += g[n, c].flat[q]
-    else:   # Caffe's AVE backward: each window adds dy / size to its (clipped) inputs
-        H, W = shape[2:]
-        for n, c, py, px in np.ndindex(*g.shape):
-            hs, ws = py * s - pad, px * s - pad
-            he, we = min(hs + k, H + pad), min(ws + k, W + pad)
-            share = dtype(g[n, c, py, px] / ((he - hs) * (we - ws)))
-            expect[n, c, max(hs, 0):min(he, H), max(ws, 0):min(we, W)] += share
+    expect = caffe_pool_backward_reference(g, arg, pool, k, s, pad, shape)
     np.testing.assert_array_equal(bottoms[0].diff, expect)
     np.testing.assert_array_equal(np.signbit(bottoms[0].diff), np.signbit(expect))
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from test_layers import caffe_pool_reference  # Caffe's pooling loops
+from layers.pooling import pool_output_size
+from test_layers import caffe_pool_backward_reference, caffe_pool_reference  # Caffe's loops
 from wincaffe._kernels import pool
 from wincaffe.testing import make_layer
 
@@ -30,7 +31,6 @@ def _run(k, x, pool_mode, window, dy):
     """One path's forward and backward: (y, argmax or None, dx)."""
     kk, s, pad = window
     N, C, H, W = x.shape
-    from layers.pooling import pool_output_size
     oh, ow = pool_output_size(H, kk, pad, s), pool_output_size(W, kk, pad, s)
     y = np.full((N, C, oh, ow), 7, np.float32)               # garbage: every entry must be written
     dx = np.full(x.shape, 9, np.float32)
@@ -42,22 +42,6 @@ def _run(k, x, pool_mode, window, dy):
     k.ave_pool_forward(x, y, kk, kk, s, s, pad)
     k.ave_pool_backward(dy, dx, kk, kk, s, s, pad)
     return y, None, dx
-
-
-def _caffe_backward(g, arg, pool_mode, window, shape):
-    kk, s, pad = window
-    H, W = shape[2:]
-    expect = np.zeros(shape, np.float32)
-    if pool_mode == "MAX":
-        for n, c, q in np.ndindex(shape[0], shape[1], g[0, 0].size):
-            expect[n, c].flat[arg[n, c].flat[q]] += g[n, c].flat[q]
-    else:
-        for n, c, py, px in np.ndindex(*g.shape):
-            hs, ws = py * s - pad, px * s - pad
-            he, we = min(hs + kk, H + pad), min(ws + kk, W + pad)
-            share = np.float32(g[n, c, py, px] / np.float32((he - hs) * (we - ws)))
-            expect[n, c, max(hs, 0):min(he, H), max(ws, 0):min(we, W)] += share
-    return expect
 
 
 def test_the_best_build_is_chosen_and_builds_can_be_forced():
@@ -89,7 +73,7 @@ def test_each_build_equals_caffe_loops_bit_for_bit(path, pool_mode, shape, windo
     np.testing.assert_array_equal(np.signbit(y), np.signbit(y_ref))
     if pool_mode == "MAX":
         np.testing.assert_array_equal(arg, arg_ref)
-    expect = _caffe_backward(dy, arg_ref, pool_mode, window, shape)
+    expect = caffe_pool_backward_reference(dy, arg_ref, pool_mode, *window, shape)
     np.testing.assert_array_equal(dx, expect)
     np.testing.assert_array_equal(np.signbit(dx), np.signbit(expect))
 
@@ -193,7 +177,7 @@ def test_max_backward_without_the_window_scatters_any_argmax(path):
     arg = np.empty(y.shape, np.int32)
     k.max_pool_forward(x, y, arg, 3, 3, 2, 2, 0)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    expect = _caffe_backward(dy, arg_ref, "MAX", (3, 2, 0), x.shape)
+    expect = caffe_pool_backward_reference(dy, arg_ref, "MAX", 3, 2, 0, x.shape)
     for window in ((), (3, 3, 2, 2, 0)):
         dx = np.full(x.shape, 9, np.float32)
         k.max_pool_backward(dy, arg, dx, *window)
@@ -210,7 +194,8 @@ def test_the_layer_backward_of_3x3_windows_on_tiled_planes():
     tops[0].diff[...] = g
     layer.backward(tops, [True], bottoms)
     _, arg_ref = caffe_pool_reference(bottoms[0].data, "MAX", 3, 2, 0)
-    np.testing.assert_array_equal(bottoms[0].diff, _caffe_backward(g, arg_ref, "MAX", (3, 2, 0), (2, 3, 8, 16)))
+    np.testing.assert_array_equal(bottoms[0].diff,
+                                  caffe_pool_backward_reference(g, arg_ref, "MAX", 3, 2, 0, (2, 3, 8, 16)))
 
 
 @pytest.mark.parametrize("path", PATHS)
