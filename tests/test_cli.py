@@ -1,4 +1,5 @@
 """The wincaffe command line: train / test / time / data fetch, and its error path."""
+import json
 import os
 import re
 import subprocess
@@ -120,3 +121,37 @@ def test_thread_pool_environment_defaults(given, expect):
             "('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'OPENBLAS_THREAD_TIMEOUT')])")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(list(expect))
+
+
+_NUMPY_FIRST = """
+import ctypes, json, numpy as np
+from threadpoolctl import threadpool_info
+libs = [i for i in threadpool_info() if i["internal_api"] == "openblas" and i["threading_layer"] == "pthreads"]
+paths = [i["filepath"] for i in libs]
+timeout = lambda: [ctypes.CDLL(p).openblas_thread_timeout() for p in paths]
+a = np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32)
+before, product = timeout(), a @ a           # NumPy's OpenBLAS threads are running
+import wincaffe
+after = timeout()
+print(json.dumps({"libs": len(libs), "before": before, "after": after,
+                  "threads": [i["num_threads"] for i in threadpool_info() if i["filepath"] in paths],
+                  "same_product": bool(np.array_equal(a @ a, product))}))
+"""
+
+
+@pytest.mark.parametrize("given, expect", [({}, 4), ({"OPENBLAS_THREAD_TIMEOUT": "7"}, 7)])
+def test_numpy_imported_first_still_gets_the_openblas_timeout(given, expect):
+    """With ``import numpy`` before ``import wincaffe``, OpenBLAS has already started its
+    threads with its own timeout; wincaffe restarts them with its default (a timeout the
+    user set was read at NumPy's load and is left as is). The restarted threads compute
+    the same product, and the thread count is unchanged."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    env.update(given, OPENBLAS_NUM_THREADS="2")
+    out = json.loads(subprocess.run([sys.executable, "-c", _NUMPY_FIRST], env=env, capture_output=True, text=True,
+                                    check=True).stdout)
+    if out["libs"] == 0:
+        pytest.skip("NumPy's BLAS here is not a pthreads OpenBLAS")
+    assert out["before"] == [int(given.get("OPENBLAS_THREAD_TIMEOUT", 0))] * out["libs"]
+    assert out["after"] == [expect] * out["libs"]
+    assert out["same_product"]
+    assert all(n == 2 for n in out["threads"])
