@@ -325,6 +325,22 @@ def test_non_finite_weights_are_an_error_and_masks_give_exact_zeros(tiny, tmp_pa
         pruning.compute_masks(pruning.select_targets(net, ["conv3"]), 0.5)
 
 
+def test_a_param_mask_cannot_be_changed_in_place():
+    """Writing into the kept mask would leave the newly pruned weights nonzero (set_mask
+    zeroes them): the mask is read-only, and the input array is copied, not kept."""
+    from wincaffe.layer import Param
+    p = Param("w", np.array([1.0, 2.0, 3.0], np.float32))
+    given = np.array([1, 1, 0], np.float32)
+    p.set_mask(given)
+    with pytest.raises(ValueError, match="read-only"):
+        p.mask[0] = 0
+    given[0] = 0                                      # the caller's array is not the mask
+    np.testing.assert_array_equal(p.mask, [1, 1, 0])
+    np.testing.assert_array_equal(p.data, [1, 2, 0])
+    p.set_mask([0, 1, 0])                             # the way to change it
+    np.testing.assert_array_equal(p.data, [0, 2, 0])
+
+
 def test_weights_files_with_broken_masks_are_refused(tiny, tmp_path):
     from wincaffe.errors import SnapshotError
     from wincaffe.snapshot import load_weights, save_npz

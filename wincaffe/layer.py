@@ -109,7 +109,10 @@ class Param:
         return self.data.shape
 
     def set_mask(self, mask):
-        """Install a 0/1 mask (or None) and zero the pruned entries of ``data`` now."""
+        """Install a 0/1 mask (or None) and zero the pruned entries of ``data`` now.
+
+        The kept mask is read-only: a write into it in place would leave the newly
+        pruned weights at their values (NumPy raises instead); call ``set_mask`` again."""
         if mask is None:
             self.mask = None
             return
@@ -117,6 +120,7 @@ class Param:
         if mask.shape != self.data.shape:
             raise ValueError(f"param {self.name}: mask shape {mask.shape} != data shape {self.data.shape}")
         self.mask = (mask != 0).astype(self.data.dtype)
+        self.mask.flags.writeable = False
         np.copyto(self.data, 0, where=self.mask == 0)   # exact zeros, even under NaN or inf
 
     def step_direction(self, out):
