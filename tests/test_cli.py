@@ -124,34 +124,52 @@ def test_thread_pool_environment_defaults(given, expect):
 
 
 _NUMPY_FIRST = """
-import ctypes, json, numpy as np
+import ctypes, json, os, sys, threading, numpy as np
 from threadpoolctl import threadpool_info
 libs = [i for i in threadpool_info() if i["internal_api"] == "openblas" and i["threading_layer"] == "pthreads"]
 paths = [i["filepath"] for i in libs]
 timeout = lambda: [ctypes.CDLL(p).openblas_thread_timeout() for p in paths]
+workers = lambda: sorted(set(map(int, os.listdir("/proc/self/task"))) - {threading.main_thread().native_id})
 a = np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32)
-before, product = timeout(), a @ a           # NumPy's OpenBLAS threads are running
+before, product, workers_before = timeout(), a @ a, workers()   # NumPy's OpenBLAS threads are running
+if sys.argv[1] == "other-thread":                                # a Python thread that could be in BLAS
+    stop = threading.Event()
+    threading.Thread(target=stop.wait, daemon=True).start()
 import wincaffe
-after = timeout()
-print(json.dumps({"libs": len(libs), "before": before, "after": after,
+after, workers_after_import = timeout(), workers()
+same = bool(np.array_equal(a @ a, product))
+print(json.dumps({"libs": len(libs), "before": before, "after": after, "same_product": same,
                   "threads": [i["num_threads"] for i in threadpool_info() if i["filepath"] in paths],
-                  "same_product": bool(np.array_equal(a @ a, product))}))
+                  "workers_before": workers_before, "workers_after_import": workers_after_import,
+                  "workers_after_gemm": workers()}))
 """
 
 
-@pytest.mark.parametrize("given, expect", [({}, 4), ({"OPENBLAS_THREAD_TIMEOUT": "7"}, 7)])
-def test_numpy_imported_first_still_gets_the_openblas_timeout(given, expect):
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the threads from /proc")
+@pytest.mark.parametrize("given, case, restarted", [({}, "alone", True),
+                                                    ({"OPENBLAS_THREAD_TIMEOUT": "7"}, "alone", False),
+                                                    ({}, "other-thread", False)])
+def test_numpy_imported_first_still_gets_the_openblas_timeout(given, case, restarted):
     """With ``import numpy`` before ``import wincaffe``, OpenBLAS has already started its
-    threads with its own timeout; wincaffe restarts them with its default (a timeout the
-    user set was read at NumPy's load and is left as is). The restarted threads compute
-    the same product, and the thread count is unchanged."""
+    threads with its own timeout; wincaffe joins them, and the next threaded call starts
+    new ones, which read wincaffe's timeout. A timeout the user set was read at NumPy's
+    load, and another Python thread might be inside BLAS: then the threads are kept.
+    The product and the thread count are the same either way."""
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     env.update(given, OPENBLAS_NUM_THREADS="2")
-    out = json.loads(subprocess.run([sys.executable, "-c", _NUMPY_FIRST], env=env, capture_output=True, text=True,
-                                    check=True).stdout)
+    out = json.loads(subprocess.run([sys.executable, "-c", _NUMPY_FIRST, case], env=env, capture_output=True,
+                                    text=True, check=True, timeout=120).stdout)
     if out["libs"] == 0:
         pytest.skip("NumPy's BLAS here is not a pthreads OpenBLAS")
-    assert out["before"] == [int(given.get("OPENBLAS_THREAD_TIMEOUT", 0))] * out["libs"]
-    assert out["after"] == [expect] * out["libs"]
+    user = int(given.get("OPENBLAS_THREAD_TIMEOUT", 0))
+    assert out["before"] == [user] * out["libs"]
+    assert out["after"] == [4 if restarted else user] * out["libs"]
     assert out["same_product"]
     assert all(n == 2 for n in out["threads"])
+    old = set(out["workers_before"])
+    assert len(old) == out["libs"]                      # one worker per OpenBLAS at 2 threads
+    if restarted:   # the old workers joined during the import, as many new ones after a GEMM
+        assert not old & set(out["workers_after_import"]) and not old & set(out["workers_after_gemm"])
+        assert len(set(out["workers_after_gemm"]) - set(out["workers_after_import"])) == len(old)
+    else:
+        assert old <= set(out["workers_after_gemm"])

@@ -20,16 +20,18 @@ import os as _os
 # one core busy elsewhere, no slower than passive (33.9 vs 37.6 ms, 25.5 vs 25.0).
 # They must be set before NumPy / libgomp load; a value in the environment wins
 # (either OpenMP variable set by the user leaves both OpenMP settings to the user).
-# If NumPy was imported first, its OpenBLAS threads are restarted to take the
-# timeout (without it, 2 threads: LeNet-5 17.3 ms instead of 14.1, the Winograd
-# net 21.2 instead of 14.1).
+# If NumPy was imported first, its OpenBLAS threads (started with a 0.1 s idle spin)
+# are restarted to take the timeout, when no other Python thread could be in BLAS
+# (wincaffe.threads.restart_openblas_threads; measured at 2 threads on 2 cores, the
+# Winograd net 21.2 ms per iteration without the restart, 10.4 with it).
 if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     _os.environ["GOMP_SPINCOUNT"] = "10000"
 if "OPENBLAS_THREAD_TIMEOUT" not in _os.environ:
     _os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
     import sys as _sys
-    if "numpy" in _sys.modules or "scipy" in _sys.modules:   # an OpenBLAS already started its threads
+    import threading as _threading
+    if "numpy" in _sys.modules and _threading.active_count() == 1:
         from wincaffe.threads import restart_openblas_threads
         restart_openblas_threads()
 

@@ -31,14 +31,19 @@ def restart_openblas_threads():
     environment's ``OPENBLAS_THREAD_TIMEOUT`` now; returns their file paths.
 
     OpenBLAS reads the timeout once, when its thread server starts, i.e. when NumPy
-    is imported. ``import numpy`` before ``import wincaffe`` would leave its idle
-    threads spinning for 2^28 cycles (about 0.1 s) after every threaded GEMM,
-    competing with the OpenMP kernels for the cores (measured at 2 threads on 2
-    cores: LeNet-5 17.3 instead of 14.1 ms, the Winograd net 21.2 instead of 14.1).
-    This re-reads the environment (``openblas_read_env``) and stops the thread
-    server (``blas_thread_shutdown_``, the path OpenBLAS itself takes after a fork);
-    the next threaded call starts it again with the new timeout. Libraries without
-    those symbols, or with another threading layer, are left alone."""
+    is imported. With ``import numpy`` before ``import wincaffe`` its idle threads
+    would spin for 2^28 cycles (about 0.1 s of CPU) after every threaded GEMM,
+    competing with the OpenMP kernels for the cores. This re-reads the environment
+    (``openblas_read_env``) and stops the thread server (``blas_thread_shutdown_``,
+    OpenBLAS's own pre-fork handler); the next threaded call starts it again with
+    the new timeout. Libraries without those symbols, or with another threading
+    layer, are left alone.
+
+    Call it only while no other thread uses BLAS: a shutdown during a threaded call
+    can hang the process. ``import wincaffe`` calls it only when NumPy came first
+    and the process has no other Python thread (in a Jupyter kernel, which has some,
+    import wincaffe before NumPy, set ``OPENBLAS_THREAD_TIMEOUT=4`` before starting
+    it, or call this yourself)."""
     try:
         from threadpoolctl import ThreadpoolController
         libraries = ThreadpoolController().select(internal_api="openblas").info()
