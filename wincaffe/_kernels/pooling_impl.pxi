@@ -91,14 +91,14 @@ cdef extern from *:
        3 AVE backward); a: x or dy, b: y or dx, arg: the argmax */
     static void wp_tiled2x2(int what, const float* a, float* b, int* arg, ptrdiff_t g0, ptrdiff_t g1,
                             ptrdiff_t W, ptrdiff_t oh) {
-        wp_pos p = wp_at(g0, W, oh), q;
+        wp_pos p = wp_at(g0, W, oh);
         ptrdiff_t g = g0;
     #if defined(__AVX2__)
         const __m256i lane2 = _mm256_setr_epi32(0, 2, 0, 2, 4, 6, 4, 6);   /* shuffle order */
         const __m256i one = _mm256_set1_epi32(1), wv = _mm256_set1_epi32((int) W);
         const __m256 zero = _mm256_setzero_ps(), four = _mm256_set1_ps(4.0f);
         for (; g + 2 <= g1; g += 2) {
-            q = p; wp_next(&q, W, oh);
+            wp_pos q = p; wp_next(&q, W, oh);
             ptrdiff_t ia = WP_IN(p, W), ib = WP_IN(q, W);
             /* the argmax base of each window, in shuffle order: [bp bp bq bq bp bp bq bq] + lane2 */
             __m256i base = _mm256_add_epi32(_mm256_unpacklo_epi64(_mm256_set1_epi32(WP_BASE(p, W)),
@@ -172,11 +172,21 @@ SIMD = WP_SIMD.decode()
 cdef Py_ssize_t TILED_BLOCK = 512
 
 
+cdef inline bint _window2x2(int kh, int kw, int sh, int sw, int pad) noexcept nogil:
+    # 2x2 windows at stride 2, unpadded: LeNet's case, which the fast loops take
+    return kh == 2 and kw == 2 and sh == 2 and sw == 2 and pad == 0
+
+
+cdef inline bint _tiles2x2(Py_ssize_t H, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow, int kh, int kw,
+                           int sh, int sw, int pad) noexcept nogil:
+    # those windows tiling the planes: every input in exactly one window
+    return _window2x2(kh, kw, sh, sw, pad) and H == 2 * oh and W == 2 * ow
+
+
 cdef inline bint _tiled2x2(Py_ssize_t H, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow, int kh, int kw,
                            int sh, int sw, int pad) noexcept nogil:
-    # the vector kernels' case: 2x2 windows at stride 2 tiling planes of a width W % 8 == 0
-    return (WP_VECTOR and kh == 2 and kw == 2 and sh == 2 and sw == 2 and pad == 0
-            and H == 2 * oh and W == 2 * ow and W % 8 == 0 and oh > 0)
+    # the vector kernels' case: tiling 2x2 windows on planes of a width W % 8 == 0
+    return WP_VECTOR and _tiles2x2(H, W, oh, ow, kh, kw, sh, sw, pad) and W % 8 == 0 and oh > 0
 
 
 cdef inline void _check_plane(Py_ssize_t H, Py_ssize_t W) except *:
@@ -237,12 +247,10 @@ def max_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y, int[:, :,
     cdef int best_idx
     cdef real best, v
     cdef const real* plane
-    cdef const real* row0
-    cdef const real* row1
     cdef real* out
     cdef int* arg
     cdef Py_ssize_t full
-    cdef bint fast2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and pad == 0
+    cdef bint fast2x2 = _window2x2(kh, kw, sh, sw, pad)
     _check_plane(H, W)
     if real is float:
         if N * C > 0 and _tiled2x2(H, W, oh, ow, kh, kw, sh, sw, pad):
@@ -376,7 +384,7 @@ def ave_pool_forward(const real[:, :, :, ::1] x, real[:, :, :, ::1] y,
     cdef const real* row0
     cdef const real* row1
     cdef real* out
-    cdef bint fast2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and pad == 0
+    cdef bint fast2x2 = _window2x2(kh, kw, sh, sw, pad)
     if real is float:
         if N * C > 0 and _tiled2x2(H, W, oh, ow, kh, kw, sh, sw, pad):
             with nogil:
@@ -418,8 +426,7 @@ def ave_pool_backward(const real[:, :, :, ::1] dy, real[:, :, :, ::1] dx,
     cdef real g
     cdef real* r0
     cdef real* r1
-    cdef bint tiled2x2 = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and pad == 0
-                          and 2 * oh == H and 2 * ow == W)
+    cdef bint tiled2x2 = _tiles2x2(H, W, oh, ow, kh, kw, sh, sw, pad)
     if real is float:
         if N * C > 0 and _tiled2x2(H, W, oh, ow, kh, kw, sh, sw, pad):
             with nogil:
