@@ -6,6 +6,8 @@ The AVX2 build runs float32 2x2 windows at stride 2 tiling planes of a width W %
 code. The shapes below cover both: widths 8, 16, 24, 40 (vector path, odd and even
 numbers of four-window chunks, chunks crossing row pairs and planes), 9 and 12 (not).
 """
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -63,7 +65,7 @@ def test_each_build_equals_caffe_loops_bit_for_bit(path, pool_mode, shape, windo
     (0 + dy at the winners, dy / size over AVE windows) exactly as Caffe's loops; a 3x3
     window at stride 2 gives the same output size as 2x2 on these planes, so the backward
     must not take the tiled path from the shapes alone."""
-    rng = np.random.default_rng(hash((shape, window, kind)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((shape, window, kind)).encode()))   # hash() of a str varies per run
     x = _data(rng, shape, kind)
     y_ref, arg_ref = caffe_pool_reference(x, pool_mode, *window)
     dy = rng.standard_normal(y_ref.shape).astype(np.float32)
