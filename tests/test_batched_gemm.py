@@ -4,15 +4,14 @@ import pytest
 
 from wincaffe._kernels import gemm
 from wincaffe._kernels.batched_gemm import batched_matmul as omp_batched_matmul
-from wincaffe._kernels.threads import get_omp_threads, set_omp_threads
+from wincaffe._kernels.threads import get_omp_threads
+from wincaffe.testing import omp_threads
 
 
 @pytest.fixture
 def two_threads():
-    before = get_omp_threads()
-    set_omp_threads(2)
-    yield
-    set_omp_threads(before)
+    with omp_threads(2):
+        yield
 
 
 def operands(dtype, P=6, m=7, k=5, n=9, seed=0):

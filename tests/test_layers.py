@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from wincaffe.errors import ConfigError
-from wincaffe.testing import check_gradients, make_layer
+from wincaffe.testing import check_gradients, make_layer, omp_threads
 
 
 def conv(shape, K, k, pad=0, stride=1, dtype=np.float64, **extra):
@@ -315,15 +315,12 @@ def test_pooling_of_large_inputs_is_the_same_on_one_and_two_threads(pool, shape)
     """Inputs of 2^18 elements or more are split among the OpenMP threads (smaller ones run
     on one); the planes are independent, so the results must not depend on the split.
     The 2×2 MAX forward is also checked against a NumPy reshape-max."""
-    from wincaffe._kernels.threads import get_omp_threads, set_omp_threads
     rng = np.random.default_rng(11)
     x = rng.standard_normal(shape).astype(np.float32)
     g = None
     results = []
-    before = get_omp_threads()
-    try:
-        for threads in (1, 2):
-            set_omp_threads(threads)
+    for threads in (1, 2):
+        with omp_threads(threads):
             layer, bottoms, tops = make_layer("Pooling", [shape], dtype=np.float32,
                                               pooling_param={"pool": pool, "kernel_size": 2, "stride": 2})
             bottoms[0].data[...] = x
@@ -333,8 +330,6 @@ def test_pooling_of_large_inputs_is_the_same_on_one_and_two_threads(pool, shape)
             tops[0].diff[...] = g
             layer.backward(tops, [True], bottoms)
             results.append((tops[0].data.copy(), bottoms[0].diff.copy()))
-    finally:
-        set_omp_threads(before)
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
     if pool == "MAX":

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from layers.pooling import pool_output_size
 from test_layers import caffe_pool_backward_reference, caffe_pool_reference  # Caffe's loops
 from wincaffe._kernels import pool
-from wincaffe.testing import make_layer
+from wincaffe.testing import make_layer, omp_threads
 
 PATHS = pool.available_paths()
 
@@ -99,18 +99,13 @@ def test_builds_give_the_same_bits_on_random_tiled_planes(pool_mode, N, C, half_
 @pytest.mark.parametrize("path", PATHS)
 def test_large_tiled_input_is_the_same_on_one_and_two_threads(path):
     """Above the one-thread limit (2^18 elements) the chunks are split among the threads."""
-    from wincaffe._kernels.threads import get_omp_threads, set_omp_threads
     rng = np.random.default_rng(2)
     x = rng.standard_normal((8, 20, 24, 96)).astype(np.float32)
     dy = rng.standard_normal((8, 20, 12, 48)).astype(np.float32)
-    before = get_omp_threads()
     out = []
-    try:
-        for threads in (1, 2):
-            set_omp_threads(threads)
+    for threads in (1, 2):
+        with omp_threads(threads):
             out.append([_run(pool.kernels(path), x, mode, (2, 2, 0), dy) for mode in ("MAX", "AVE")])
-    finally:
-        set_omp_threads(before)
     for a, b in zip(out[0], out[1]):
         for u, v in zip(a, b):
             if u is not None:

@@ -1,9 +1,24 @@
 """Helpers for tests of layers: build one layer from a mapping and check its
-gradients against central finite differences (in float64)."""
+gradients against central finite differences (in float64); run a block on a
+given number of OpenMP threads."""
+import contextlib
+
 import numpy as np
 
 from wincaffe.config import validate_layer
 from wincaffe.layer import TRAIN, Blob, layer_class
+
+
+@contextlib.contextmanager
+def omp_threads(n):
+    """Run the block with the kernels on ``n`` OpenMP threads; the previous count after."""
+    from wincaffe._kernels.threads import get_omp_threads, set_omp_threads
+    before = get_omp_threads()
+    set_omp_threads(n)
+    try:
+        yield
+    finally:
+        set_omp_threads(before)
 
 
 def make_layer(layer_type, bottom_shapes, *, dtype=np.float64, seed=0, phase=TRAIN, n_tops=1, **blocks):
