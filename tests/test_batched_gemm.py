@@ -1,4 +1,4 @@
-"""Batched products for WinogradConv: the OpenMP + single-threaded BLAS kernel equals np.matmul."""
+"""Batched products for WinogradConv and FFTConv: the OpenMP + single-threaded BLAS kernel equals np.matmul."""
 import numpy as np
 import pytest
 
@@ -16,10 +16,16 @@ def two_threads():
 
 def operands(dtype, P=6, m=7, k=5, n=9, seed=0):
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((P, m, k)).astype(dtype), rng.standard_normal((P, k, n)).astype(dtype)
+
+    def draw(shape):
+        x = rng.standard_normal(shape)
+        if np.dtype(dtype).kind == "c":
+            x = x + 1j * rng.standard_normal(shape)
+        return x.astype(dtype)
+    return draw((P, m, k)), draw((P, k, n))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("kernel", [omp_batched_matmul, gemm.batched_matmul])
@@ -29,8 +35,48 @@ def test_equals_numpy_matmul(two_threads, dtype, trans_a, trans_b, kernel):
     b_in = np.ascontiguousarray(b.transpose(0, 2, 1)) if trans_b else b
     out = np.full((6, 7, 9), np.nan, dtype)
     kernel(a_in, b_in, out, trans_a, trans_b)
-    tol = 1e-5 if dtype == np.float32 else 1e-12
+    tol = 1e-5 if dtype in (np.float32, np.complex64) else 1e-12
     np.testing.assert_allclose(out, a @ b, rtol=tol, atol=tol)
+
+
+def test_complex_operands_are_transposed_not_conjugated(two_threads):
+    """op(x) is xᵀ for complex dtypes too (FFTConv conjugates explicitly where it must)."""
+    a, b = operands(np.complex128, seed=2)
+    out = np.empty((6, 7, 9), np.complex128)
+    omp_batched_matmul(np.ascontiguousarray(a.transpose(0, 2, 1)), np.ascontiguousarray(b.transpose(0, 2, 1)),
+                       out, True, True)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(out, np.conj(a) @ np.conj(b))
+
+
+@pytest.mark.parametrize("m, n", [(1, 9), (7, 1)])
+def test_matrix_vector_products_go_to_numpy(two_threads, monkeypatch, m, n):
+    """m or n = 1: np.matmul (its gemv, faster than a gemm per product), bit for bit."""
+    if gemm.BACKEND == "numpy":
+        pytest.skip("the OpenMP path is off here")
+    monkeypatch.setattr(gemm, "_omp_batched_matmul", lambda *args: pytest.fail("OpenMP path taken"))
+    a, b = operands(np.complex64, m=m, n=n, seed=3)
+    out = np.empty((6, m, n), np.complex64)
+    gemm.batched_matmul(a, b, out)
+    np.testing.assert_array_equal(out, np.matmul(a, b))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_dispatcher_takes_the_openmp_path_on_two_threads_only(monkeypatch, dtype):
+    if gemm.BACKEND == "numpy":
+        pytest.skip("the OpenMP path is off here")
+    calls = []
+    kernel = gemm._omp_batched_matmul
+    monkeypatch.setattr(gemm, "_omp_batched_matmul", lambda *args: calls.append(1) or kernel(*args))
+    a, b = operands(dtype, seed=4)
+    out = np.empty((6, 7, 9), dtype)
+    with omp_threads(1):
+        gemm.batched_matmul(a, b, out)
+    assert calls == []
+    with omp_threads(2):
+        gemm.batched_matmul(a, b, out)
+    assert calls == [1]
+    np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
 
 
 def test_large_products_equal_numpy_on_two_threads(two_threads):
