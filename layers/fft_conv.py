@@ -78,8 +78,10 @@ the TEST net (spectral: ``Param.mask`` on both real and imaginary parts does bot
 
 Layout: the data spectra are frequency-major, (F, N, C) and (F, N, K) with
 F = Fh·Fw' (FFTW reads and writes that layout directly, see
-:mod:`wincaffe.transforms.fft`), so each product is one ``np.matmul`` of F small
-complex matrices (BLAS cgemm/zgemm per frequency); with a spectral mask and
+:mod:`wincaffe.transforms.fft`), so each product is one batch of F small complex
+matrix products (BLAS cgemm/zgemm per frequency; on more than one thread the
+frequencies are shared among the OpenMP threads,
+:func:`wincaffe._kernels.gemm.batched_matmul`); with a spectral mask and
 ``fft_param.sparse`` (auto, on, off) the forward products skip masked entries instead
 (:class:`~wincaffe.sparse_stage.SparseProducts`, complex G (K, C) as the real (K, 2C)
 [Re G, Im G] against [X, iX] (2C, 2N) rows; the backward stays dense); with C = 1 the forward is an
@@ -92,6 +94,7 @@ complex128. The user-facing mask and spectra are (K, C, Fh, Fw').
 import numpy as np
 
 from wincaffe import counting
+from wincaffe._kernels.gemm import batched_matmul
 from wincaffe.errors import ConfigError
 from wincaffe.conv_geometry import conv_output_shape, require_4d, require_unit_stride
 from wincaffe.fillers import fill
@@ -419,7 +422,7 @@ class FFTConv(Layer):
         K = self.spectrum_shape[0]
         p = self.pad
         xp = self._x_r2c
-        xp.input[..., p:p + H, p:p + W] = bottoms[0].data
+        fft.place(bottoms[0].data, xp.input, p, p)
         Gc = self._conj_kernel_spectrum_fm()                       # (F, K, C) = conj(G ⊙ M)/(Fh·Fw)
         if self._outer:                                             # C = 1, natural layout
             X = xp().reshape(N, -1)                                 # (N, F)
@@ -432,15 +435,13 @@ class FFTConv(Layer):
             X = xp().reshape(-1, N, C)                              # (F, N, C), kept for backward
             self._X = X
             out = self._y_c2r.input.reshape(-1, N, K)
-            if self.sparse.decide(self._Mfm):
+            # the mask's density, counted on its contiguous (K, C, ·) layout (4× faster)
+            if self.sparse.decide(None if self._Mfm is None else self._spectral_mask()):
                 self._sparse_products(X, Gc, out)                   # skip masked products
             else:
-                np.matmul(X, Gc.transpose(0, 2, 1), out=out)
-        y = self._y_c2r()[:, :, :self.Ho, :self.Wo]                 # (N, K, Fh, Fw) cropped
-        if len(self.params) > 1:                                    # crop and bias in one pass
-            np.add(y, self.params[1].data[None, :, None, None], out=tops[0].data)
-        else:
-            np.copyto(tops[0].data, y)
+                batched_matmul(X, Gc, out, trans_b=True)
+        bias = self.params[1].data if len(self.params) > 1 else None
+        fft.crop(self._y_c2r(), 0, 0, tops[0].data, bias)           # (N, K, Fh, Fw) cropped, + b
 
     def backward(self, tops, propagate_down, bottoms):
         N, C, H, W = self._geom
@@ -451,7 +452,7 @@ class FFTConv(Layer):
         if self._dy_r2c is None:
             self._dy_r2c = b.plan_r2c((N, K), fs, dt, freq_major=True, cached=False)
         dp = self._dy_r2c
-        dp.input[..., :Ho, :Wo] = dy
+        fft.place(dy, dp.input, 0, 0)
         D = dp().reshape(-1, N, K)                                  # (F, N, K)
         if len(self.params) > 1:
             self.params[1].diff[...] = dy.sum(axis=(0, 2, 3))
@@ -463,12 +464,12 @@ class FFTConv(Layer):
         if C <= K:
             Xc = self.workspace("fft_conj_x", (F, N, C), self.ctype)
             np.conjugate(self._Xn.T.reshape(F, N, 1) if X is None else X, out=Xc)
-            np.matmul(D.transpose(0, 2, 1), Xc, out=E)
+            batched_matmul(D, Xc, E, trans_a=True)
             is_conj = True
         else:                                                       # C > K > 0: never the C = 1 path
             Dc = self.workspace("fft_conj_d", D.shape, self.ctype)
             np.conjugate(D, out=Dc)
-            np.matmul(Dc.transpose(0, 2, 1), X, out=E)
+            batched_matmul(Dc, X, E, trans_a=True)
             is_conj = False
         if self._Mfm is not None:
             E *= self._Mfm                                          # M ⊙ E (M is real)
@@ -491,6 +492,6 @@ class FFTConv(Layer):
                 self._dx_c2r = b.plan_c2r((N, C), fs, dt, freq_major=True, cached=False)
             G = self.workspace("fft_g", self._Gc.shape, self.ctype)
             np.conjugate(self._Gc, out=G)
-            np.matmul(D, G, out=self._dx_c2r.input.reshape(-1, N, C))   # Σ_k D · (G ⊙ M)
+            batched_matmul(D, G, self._dx_c2r.input.reshape(-1, N, C))   # Σ_k D · (G ⊙ M)
             dx = self._dx_c2r()
-            np.copyto(bottoms[0].diff, dx[:, :, p:p + H, p:p + W])
+            fft.crop(dx, p, p, bottoms[0].diff)

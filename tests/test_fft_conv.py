@@ -463,3 +463,115 @@ def test_float64_gradients_equal_the_direct_ones(C, K, pad):
     np.testing.assert_allclose(layer.params[0].diff, dW, rtol=1e-10, atol=1e-10 * np.abs(dW).max())
     np.testing.assert_allclose(layer.params[1].diff, dy.sum(axis=(0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(bottoms[0].diff, dx, rtol=1e-10, atol=1e-10 * np.abs(dx).max())
+
+
+# ----- planes into and out of canvases (wincaffe._kernels.canvas) -----------------------------
+
+def _special_values(shape, dtype, seed):
+    """Noise with NaNs of several payloads, infinities and signed zeros mixed in."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    bits = _bits(x.reshape(-1))
+    special = (np.array([0x7FC00001, 0xFFC12345, 0x7F800001, 0x80000000, 0x7F800000, 0xFF800000], np.uint32)
+               if dtype == np.float32 else
+               np.array([0x7FF8000000000001, 0xFFF8000000012345, 0x7FF0000000000001, 0x8000000000000000,
+                         0x7FF0000000000000, 0xFFF0000000000000], np.uint64))
+    idx = rng.choice(bits.size, size=min(bits.size, 3 * special.size), replace=False)
+    bits[idx] = np.resize(special, idx.size)
+    return x
+
+
+def _bits(a):
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("N,C,H,W,Fh,Fw,top,left", [
+    (2, 3, 5, 4, 9, 8, 2, 1),          # small: one thread whatever the count
+    (64, 20, 24, 24, 32, 32, 0, 0),    # LeNet conv1's output canvas: above SERIAL_BELOW
+    (8, 40, 28, 28, 32, 32, 2, 2),     # padded input at an offset, threaded
+    (3, 2, 6, 6, 6, 6, 0, 0),          # planes filling the canvas
+])
+def test_place_and_crop_equal_numpy_bit_for_bit(dtype, threads, N, C, H, W, Fh, Fw, top, left):
+    from wincaffe._kernels import canvas
+    from wincaffe.testing import omp_threads
+    src = _special_values((N, C, H, W), dtype, seed=N * C)
+    bias = _special_values((C,), dtype, seed=C)
+    canvas_k = np.full((N, C, Fh, Fw), 7, dtype)              # the border must stay as it was
+    canvas_np = canvas_k.copy()
+    canvas_np[:, :, top:top + H, left:left + W] = src
+    with np.errstate(invalid="ignore"):                         # inf + -inf
+        out_np = np.add(canvas_np[:, :, top:top + H, left:left + W], bias[None, :, None, None])
+    with omp_threads(threads):
+        canvas.place(src, canvas_k, top, left)
+        out_k = np.full((N, C, H, W), 5, dtype)
+        canvas.crop(canvas_k, top, left, out_k, bias)
+        copy_k = np.full((N, C, H, W), 5, dtype)
+        canvas.crop(canvas_k, top, left, copy_k)
+    np.testing.assert_array_equal(_bits(canvas_k), _bits(canvas_np))
+    np.testing.assert_array_equal(_bits(out_k), _bits(out_np))
+    np.testing.assert_array_equal(_bits(copy_k), _bits(src))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda c: c.place(np.zeros((2, 3, 5, 5), np.float32), np.zeros((2, 3, 6, 6), np.float32), 2, 0),
+     r"place: planes \(2, 3, 5, 5\) at offset \(2, 0\) do not fit the canvases \(2, 3, 6, 6\)"),
+    (lambda c: c.place(np.zeros((2, 3, 5, 5), np.float32), np.zeros((2, 4, 8, 8), np.float32), 0, 0),
+     r"place: planes .* do not fit"),
+    (lambda c: c.crop(np.zeros((2, 3, 6, 6), np.float32), -1, 0, np.zeros((2, 3, 5, 5), np.float32)),
+     r"crop: planes .* at offset \(-1, 0\)"),
+    (lambda c: c.crop(np.zeros((2, 3, 6, 6), np.float32), 0, 0, np.zeros((2, 3, 5, 5), np.float32),
+                      np.zeros(4, np.float32)),
+     r"crop: bias has 4 elements, expected 3"),
+])
+def test_canvas_misfits_are_clear_errors(call, match):
+    from wincaffe._kernels import canvas
+    with pytest.raises(ValueError, match=match):
+        call(canvas)
+
+
+def test_canvas_helpers_fall_back_to_numpy_for_other_layouts():
+    """Strided or mixed-dtype arrays take NumPy's slices, with the same results."""
+    rng = np.random.default_rng(1)
+    src = rng.standard_normal((2, 3, 8, 5)).astype(np.float32)[:, :, ::2]       # not contiguous
+    can = np.zeros((2, 3, 6, 7), np.float32)
+    fft.place(src, can, 1, 2)
+    np.testing.assert_array_equal(can[:, :, 1:5, 2:7], src)
+    assert not can[:, :, :1].any() and not can[:, :, :, :2].any()
+    out = np.empty((2, 3, 4, 5), np.float32)
+    fft.crop(can, 1, 2, out, np.arange(3, dtype=np.float64))                    # float64 bias
+    np.testing.assert_array_equal(out, src + np.arange(3, dtype=np.float32)[None, :, None, None])
+    fft.crop(can[:, :, ::-1], 1, 0, out)                                        # reversed rows
+    np.testing.assert_array_equal(out, can[:, :, ::-1][:, :, 1:5, :5])
+
+
+@pytest.mark.parametrize("C,K,pad", [(3, 4, 1), (5, 2, 0), (1, 3, 2)])
+def test_two_thread_layer_equals_one_thread_layer(monkeypatch, C, K, pad):
+    """On two OpenMP threads the three products take the OpenMP path (each frequency one
+    single-threaded BLAS gemm; for C = 1 there are no matrix products) and the crops
+    the threaded kernel; the outputs and every gradient equal the one-thread layer's
+    in float64 to rounding."""
+    from wincaffe._kernels import gemm
+    from wincaffe.testing import omp_threads
+    calls = []
+    if gemm.BACKEND != "numpy":
+        kernel = gemm._omp_batched_matmul
+        monkeypatch.setattr(gemm, "_omp_batched_matmul", lambda *a: calls.append(a[0].dtype) or kernel(*a))
+    shape = (6, C, 30, 30)
+    results = []
+    for threads in (1, 2):
+        with omp_threads(threads):
+            layer, bottoms, tops = conv(shape, K, 3, pad, dtype=np.float64, seed=4, threads=threads,
+                                            weights="spatial_masked")
+            layer.set_mask("spectral", random_mask(layer))
+            layer.forward(bottoms, tops)
+            tops[0].diff[...] = np.random.default_rng(5).standard_normal(tops[0].shape)
+            layer.backward(tops, [True], bottoms)
+            results.append([tops[0].data.copy(), bottoms[0].diff.copy()] + [p.diff.copy() for p in layer.params])
+        if threads == 1:
+            assert calls == []
+    if gemm.BACKEND != "numpy":     # C = 1: outer product and matrix-vector products (gemv)
+        assert set(calls) == (set() if C == 1 else {np.dtype(np.complex128)}) and len(calls) == 3 * (C > 1)
+    for one, two in zip(*results):
+        np.testing.assert_allclose(two, one, rtol=1e-12, atol=1e-12 * np.abs(one).max())

@@ -58,6 +58,8 @@ import warnings
 
 import numpy as np
 
+from wincaffe._kernels import canvas as _canvas
+
 BACKENDS = ("pyfftw", "scipy", "numpy")
 
 _WISDOM_NAME = "fftw_wisdom"
@@ -245,6 +247,35 @@ def irfft2_small(Z, fshape, kshape, conjugate=False, *, out=None, work=None):
     np.matmul(Cw, P, out=Q)
     np.copyto(out, Q.real.transpose(2, 0, 1))
     return out
+
+
+# ----- planes into and out of canvases ----------------------------------------------------
+
+def _canvas_kernel_fits(*arrays):
+    return (all(a.ndim == 4 and a.flags.c_contiguous for a in arrays)
+            and arrays[0].dtype in (np.float32, np.float64) and all(a.dtype == arrays[0].dtype for a in arrays))
+
+
+def place(src, canvas, top, left):
+    """canvas[:, :, top:top + H, left:left + W] = src (N, C, H, W); the rest untouched.
+    On the OpenMP threads for C-contiguous float arrays (:mod:`wincaffe._kernels.canvas`,
+    the same bits), else NumPy's slice assignment."""
+    if _canvas_kernel_fits(src, canvas):
+        _canvas.place(src, canvas, top, left)
+    else:
+        canvas[:, :, top:top + src.shape[2], left:left + src.shape[3]] = src
+
+
+def crop(canvas, top, left, out, bias=None):
+    """out (N, K, Ho, Wo) = canvas[:, :, top:top + Ho, left:left + Wo] (+ bias (K,) per
+    plane), in one pass; on the OpenMP threads like :func:`place`."""
+    Ho, Wo = out.shape[2:]
+    if _canvas_kernel_fits(canvas, out) and (bias is None or bias.dtype == out.dtype):
+        _canvas.crop(canvas, top, left, out, None if bias is None else np.ascontiguousarray(bias))
+    elif bias is None:
+        np.copyto(out, canvas[:, :, top:top + Ho, left:left + Wo])
+    else:
+        np.add(canvas[:, :, top:top + Ho, left:left + Wo], bias[None, :, None, None], out=out)
 
 
 # ----- the cache folder and FFTW wisdom -----------------------------------------------------
