@@ -442,6 +442,40 @@ def test_fft_threads_follow_the_net_by_default():
         set_num_threads(before)
 
 
+_FFTW_RUNTIME_AFTER_ONE_THREAD = """
+import json, os
+import numpy as np
+import wincaffe
+from threadpoolctl import threadpool_info
+from wincaffe.threads import set_num_threads
+from wincaffe.transforms import fft
+set_num_threads(1)
+fft.get_backend("pyfftw", 1).plan_r2c((2, 3), (8, 8), np.float32, cached=False)    # loads pyFFTW
+set_num_threads(2)
+print(json.dumps({os.path.basename(i["filepath"]): i["num_threads"] for i in threadpool_info()
+                  if i["user_api"] == "openmp"}))
+"""
+
+
+def test_set_num_threads_reaches_pyfftws_own_openmp_runtime(tmp_path):
+    """pyFFTW's wheel brings a libgomp of its own, which takes its thread count from
+    OMP_NUM_THREADS when it is loaded; FFTW's threaded plans run on that many threads.
+    A later set_num_threads(2) must raise it too (before, it stayed at 1 and every
+    2-thread FFT ran on one thread)."""
+    import json
+    import os
+    import subprocess
+    pytest.importorskip("pyfftw")
+    env = dict(os.environ, WINCAFFE_DATA=str(tmp_path), WINCAFFE_FFTW_PLANNER="FFTW_ESTIMATE")
+    env.pop("OMP_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", _FFTW_RUNTIME_AFTER_ONE_THREAD], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    runtimes = json.loads(out)
+    if len(runtimes) < 2:
+        pytest.skip(f"one OpenMP runtime in the process ({runtimes}): pyFFTW shares wincaffe's")
+    assert set(runtimes.values()) == {2}, runtimes
+
+
 @pytest.mark.parametrize("C,K,pad", [(3, 4, 1), (5, 2, 0), (1, 3, 2)])   # C ≤ K, C > K, the outer path
 def test_float64_gradients_equal_the_direct_ones(C, K, pad):
     """dW and dx of the unmasked layer in float64 equal the direct correlation's to 1e-10

@@ -1,5 +1,6 @@
-"""One knob for every thread pool wincaffe uses: OpenMP (the Cython kernels) and
-the BLAS behind NumPy (through threadpoolctl when it is installed).
+"""One knob for every thread pool wincaffe uses: OpenMP (the Cython kernels, and
+FFTW's threads in pyFFTW's own OpenMP runtime) and the BLAS behind NumPy (through
+threadpoolctl when it is installed).
 
 ``set_num_threads(1)`` before a benchmark makes "one thread" mean one thread.
 """
@@ -14,6 +15,11 @@ def set_num_threads(n):
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(limits=n, user_api="blas")
+        # Every other OpenMP runtime too: pyFFTW's wheel brings its own libgomp, and FFTW's
+        # threaded plans run as many threads as that runtime allows (its OMP_NUM_THREADS
+        # at load time), whatever the plan's thread count: a process that loaded pyFFTW
+        # after set_num_threads(1) ran later 2-thread FFTs on one thread.
+        threadpool_limits(limits=n, user_api="openmp")
     except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's usual installs
         os.environ["OPENBLAS_NUM_THREADS"] = str(n)
     from wincaffe._kernels.gemm import pin_scipy_blas
