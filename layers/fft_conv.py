@@ -435,7 +435,8 @@ class FFTConv(Layer):
             X = xp().reshape(-1, N, C)                              # (F, N, C), kept for backward
             self._X = X
             out = self._y_c2r.input.reshape(-1, N, K)
-            # the mask's density, counted on its contiguous (K, C, ·) layout (4× faster)
+            # the mask's density, counted on the (K, C, ·) mask: contiguous for spatial_masked
+            # (4× faster than on the frequency-major view)
             if self.sparse.decide(None if self._Mfm is None else self._spectral_mask()):
                 self._sparse_products(X, Gc, out)                   # skip masked products
             else:

@@ -116,6 +116,8 @@ def test_dispatcher_falls_back_to_matmul_for_odd_arrays(two_threads):
     square = a.copy()
     gemm.batched_matmul(square, b[:, :5, :5].copy(), square)          # out is an input
     np.testing.assert_allclose(square, a @ b[:, :5, :5])
+    plain = np.empty((5, 9))                                            # 2-D: np.matmul's broadcasting
+    np.testing.assert_allclose(gemm.batched_matmul(a[0], b[0], plain), a[0] @ b[0])
 
 
 def test_scipy_blas_stays_at_one_thread_after_set_num_threads():

@@ -580,6 +580,40 @@ def test_canvas_helpers_fall_back_to_numpy_for_other_layouts():
     np.testing.assert_array_equal(out, can[:, :, ::-1][:, :, 1:5, :5])
 
 
+def test_canvas_helpers_handle_overlap_like_numpy():
+    """Source and destination sharing memory go to NumPy, which copies as if through a
+    temporary (the kernel copies row by row and would smear rows)."""
+    can = np.arange(48, dtype=np.float32).reshape(2, 1, 6, 4)
+    ref = can.copy()
+    ref[:, :, 1:4] = ref[:, :, 0:3].copy()
+    fft.place(can[:1, :, 0:3], can[:1], 1, 0)
+    fft.place(can[1:, :, 0:3], can[1:], 1, 0)
+    np.testing.assert_array_equal(can, ref)
+    can = np.arange(24, dtype=np.float32).reshape(1, 1, 6, 4)
+    expected = can[:, :, 0:3] + 1
+    fft.crop(can, 0, 0, can[:, :, 1:4], np.ones(1, np.float32))
+    np.testing.assert_array_equal(can[:, :, 1:4], expected)
+
+
+@pytest.mark.parametrize("src", [np.ones((1, 1, 2, 3), np.float32),                  # the kernel's path
+                                 np.ones((1, 1, 2, 6), np.float32)[..., ::2]])       # NumPy's path
+def test_canvas_helpers_check_offsets_and_bias_on_every_path(src):
+    can = np.zeros((1, 1, 6, 6), np.float32)
+    for top, left in [(-4, 0), (0, -1), (5, 0), (0, 4)]:
+        with pytest.raises(ValueError, match=r"place: planes \(1, 1, 2, 3\) at offset .* do not fit"):
+            fft.place(src, can, top, left)
+        with pytest.raises(ValueError, match=r"crop: planes \(1, 1, 2, 3\) at offset .* do not fit"):
+            fft.crop(can, top, left, np.empty_like(src))
+    with pytest.raises(ValueError, match=r"crop: bias has shape \(2,\), expected \(1,\)"):
+        fft.crop(can, 0, 0, np.empty((1, 1, 2, 3), np.float32), np.ones(2, np.float32))
+    big = np.zeros((2, 3, 6, 6), np.float32)
+    big[:, :, 1:3, 2:5] = np.arange(2 * 3 * 2 * 3, dtype=np.float32).reshape(2, 3, 2, 3)
+    bias = np.arange(6, dtype=np.float32)[::2]                                        # not contiguous
+    out = np.empty((2, 3, 2, 3), np.float32)
+    fft.crop(big, 1, 2, out, bias)
+    np.testing.assert_array_equal(out, big[:, :, 1:3, 2:5] + bias[None, :, None, None])
+
+
 @pytest.mark.parametrize("C,K,pad", [(3, 4, 1), (5, 2, 0), (1, 3, 2)])
 def test_two_thread_layer_equals_one_thread_layer(monkeypatch, C, K, pad):
     """On two OpenMP threads the three products take the OpenMP path (each frequency one

@@ -14,12 +14,11 @@ def set_num_threads(n):
     set_omp_threads(n)
     try:
         from threadpoolctl import threadpool_limits
-        threadpool_limits(limits=n, user_api="blas")
-        # Every other OpenMP runtime too: pyFFTW's wheel brings its own libgomp, and FFTW's
+        # Every OpenMP runtime too: pyFFTW's wheel brings its own libgomp, and FFTW's
         # threaded plans run as many threads as that runtime allows (its OMP_NUM_THREADS
         # at load time), whatever the plan's thread count: a process that loaded pyFFTW
         # after set_num_threads(1) ran later 2-thread FFTs on one thread.
-        threadpool_limits(limits=n, user_api="openmp")
+        threadpool_limits(limits={"blas": n, "openmp": n})
     except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's usual installs
         os.environ["OPENBLAS_NUM_THREADS"] = str(n)
     from wincaffe._kernels.gemm import pin_scipy_blas

@@ -92,9 +92,8 @@ def batched_matmul(a, b, out, trans_a=False, trans_b=False):
     """out[p] = op(a[p]) @ op(b[p]); a, b, out C-contiguous 3-D arrays of one dtype
     (float32, float64, complex64, complex128), op(x) = xᵀ (never conjugated) when its
     flag is set."""
-    m, n = out.shape[1:]
-    if (BACKEND != "numpy" and get_omp_threads() > 1 and min(m, n) > 1 and _fits_kernel(a, b, out)
-            and m * n * (a.shape[1] if trans_a else a.shape[2]) <= OMP_MAX_MACS):
+    if (BACKEND != "numpy" and get_omp_threads() > 1 and _fits_kernel(a, b, out) and min(out.shape[1:]) > 1
+            and out.shape[1] * out.shape[2] * (a.shape[1] if trans_a else a.shape[2]) <= OMP_MAX_MACS):
         _omp_batched_matmul(a, b, out, trans_a, trans_b)
         return out
     return np.matmul(a.transpose(0, 2, 1) if trans_a else a,

@@ -251,16 +251,27 @@ def irfft2_small(Z, fshape, kshape, conjugate=False, *, out=None, work=None):
 
 # ----- planes into and out of canvases ----------------------------------------------------
 
-def _canvas_kernel_fits(*arrays):
-    return (all(a.ndim == 4 and a.flags.c_contiguous for a in arrays)
-            and arrays[0].dtype in (np.float32, np.float64) and all(a.dtype == arrays[0].dtype for a in arrays))
+def _check_canvas_fit(name, planes, canvas, top, left):
+    """planes (N, C, H, W) must fit the canvases (N, C, Fh, Fw) at (top, left)."""
+    if (planes.ndim != 4 or canvas.ndim != 4 or planes.shape[:2] != canvas.shape[:2] or top < 0 or left < 0
+            or top + planes.shape[2] > canvas.shape[2] or left + planes.shape[3] > canvas.shape[3]):
+        raise ValueError(f"{name}: planes {planes.shape} at offset ({top}, {left}) do not fit "
+                         f"the canvases {canvas.shape}")
+
+
+def _canvas_kernel_fits(dst, src):
+    """The Cython kernel takes C-contiguous 4-D float arrays of one dtype that do not
+    overlap (it copies row by row); anything else goes to NumPy."""
+    return (dst.flags.c_contiguous and src.flags.c_contiguous and dst.dtype in (np.float32, np.float64)
+            and src.dtype == dst.dtype and not np.shares_memory(dst, src))
 
 
 def place(src, canvas, top, left):
     """canvas[:, :, top:top + H, left:left + W] = src (N, C, H, W); the rest untouched.
     On the OpenMP threads for C-contiguous float arrays (:mod:`wincaffe._kernels.canvas`,
     the same bits), else NumPy's slice assignment."""
-    if _canvas_kernel_fits(src, canvas):
+    _check_canvas_fit("place", src, canvas, top, left)
+    if _canvas_kernel_fits(canvas, src):
         _canvas.place(src, canvas, top, left)
     else:
         canvas[:, :, top:top + src.shape[2], left:left + src.shape[3]] = src
@@ -269,8 +280,11 @@ def place(src, canvas, top, left):
 def crop(canvas, top, left, out, bias=None):
     """out (N, K, Ho, Wo) = canvas[:, :, top:top + Ho, left:left + Wo] (+ bias (K,) per
     plane), in one pass; on the OpenMP threads like :func:`place`."""
+    _check_canvas_fit("crop", out, canvas, top, left)
+    if bias is not None and bias.shape != (out.shape[1],):
+        raise ValueError(f"crop: bias has shape {bias.shape}, expected ({out.shape[1]},)")
     Ho, Wo = out.shape[2:]
-    if _canvas_kernel_fits(canvas, out) and (bias is None or bias.dtype == out.dtype):
+    if _canvas_kernel_fits(out, canvas) and (bias is None or bias.dtype == out.dtype):
         _canvas.crop(canvas, top, left, out, None if bias is None else np.ascontiguousarray(bias))
     elif bias is None:
         np.copyto(out, canvas[:, :, top:top + Ho, left:left + Wo])
