@@ -37,6 +37,9 @@ array the caller fills in place and returns its result from ``plan()``:
     p.input[..., pad:pad + H, pad:pad + W] = x   # the rest stays zero
     X = p()                                        # (Fh, Fw//2 + 1, N, C) complex64
 
+:func:`place` and :func:`crop` move (N, C, H, W) planes into and out of such canvases
+(a crop may add a bias per plane) on the OpenMP threads, with NumPy's bits.
+
 ``freq_major`` lays the half spectrum out frequency-first, (Fh, Fw', *batch),
 ready for one small GEMM per frequency; FFTW writes (reads) that layout directly
 when a spectrum has at most ``STRIDED_MAX_FREQS`` entries, else through a
