@@ -116,6 +116,10 @@ def test_dispatcher_falls_back_to_matmul_for_odd_arrays(two_threads):
     square = a.copy()
     gemm.batched_matmul(square, b[:, :5, :5].copy(), square)          # out is an input
     np.testing.assert_allclose(square, a @ b[:, :5, :5])
+    big_a, big_b = operands(np.float32, P=4, m=96, k=96, n=96, seed=6)   # in place, large enough that
+    expected = big_a @ big_b                                            # a gemm reading its output fails
+    gemm.batched_matmul(big_a, big_b, big_a)
+    np.testing.assert_allclose(big_a, expected, rtol=1e-4, atol=1e-3)
     plain = np.empty((5, 9))                                            # 2-D: np.matmul's broadcasting
     np.testing.assert_allclose(gemm.batched_matmul(a[0], b[0], plain), a[0] @ b[0])
 
