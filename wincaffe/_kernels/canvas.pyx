@@ -22,10 +22,6 @@ ctypedef fused real:
     double
 
 
-cdef int _threads(Py_ssize_t elements) noexcept nogil:
-    return 1 if elements < SERIAL_BELOW else openmp.omp_get_max_threads()
-
-
 cdef _check(str name, const Py_ssize_t* p, const Py_ssize_t* c, Py_ssize_t top, Py_ssize_t left):
     """The planes p (N, C, H, W) fit the canvases c (N, C, Fh, Fw) at (top, left)."""
     plane, canvas = (p[0], p[1], p[2], p[3]), (c[0], c[1], c[2], c[3])

@@ -179,7 +179,7 @@ def gemm_to_nchw(const real[:, ::1] out2d not None, const real[::1] bias, real[:
     cdef Py_ssize_t nk, n, k, p
     cdef bint has_bias = bias is not None
     cdef real b
-    cdef int nt = 1 if N * K * P < SERIAL_BELOW else openmp.omp_get_max_threads()
+    cdef int nt = _threads(N * K * P)
     if out2d.shape[0] != K or out2d.shape[1] != N * P:
         raise ValueError(f"out2d has shape {(out2d.shape[0], out2d.shape[1])}, expected ({K}, {N * P})")
     if has_bias and bias.shape[0] != K:

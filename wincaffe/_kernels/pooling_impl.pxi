@@ -12,10 +12,6 @@ ctypedef fused real:
 include "serial_below.pxi"
 
 
-cdef inline int _threads(Py_ssize_t elements) noexcept nogil:
-    return 1 if elements < SERIAL_BELOW else openmp.omp_get_max_threads()
-
-
 cdef extern from *:
     """
     /* 2x2 windows at stride 2 tiling planes whose width W is a multiple of 8, float32, as
